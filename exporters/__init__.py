@@ -1,0 +1,1 @@
+"""Where klptrace's results leave the process: trace files, Prometheus metrics."""

@@ -1,0 +1,112 @@
+"""Property tests: random legal lifecycles from the kernel model validate with
+no violation and no unknown; the same lifecycles with one callback record
+copied or dropped are caught."""
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from kmodel import ALL, KernelModel, PatchDef
+from tracebuild import judge
+
+MODULES = ("klpt_mod", "klpt_busy")
+CALLBACK_SETS = st.lists(st.sampled_from(ALL), unique=True).map(
+    lambda cbs: [c for c in ALL if c in cbs])
+
+
+@st.composite
+def patch_defs(draw):
+    lp = PatchDef("klpt_lp", [("vmlinux", draw(CALLBACK_SETS)),
+                              ("klpt_mod", draw(CALLBACK_SETS)),
+                              ("klpt_busy", draw(CALLBACK_SETS))])
+    lp2 = PatchDef("klpt_lp2", [("vmlinux", draw(CALLBACK_SETS)),
+                                ("klpt_mod", draw(CALLBACK_SETS))],
+                   replace=draw(st.booleans()))
+    return {"klpt_lp": lp, "klpt_lp2": lp2}
+
+
+OPS = st.one_of(
+    st.tuples(st.just("enable"), st.sampled_from(["klpt_lp", "klpt_lp2"])),
+    st.tuples(st.just("complete"), st.booleans()),
+    st.tuples(st.just("disable"), st.sampled_from(["klpt_lp", "klpt_lp2"])),
+    st.tuples(st.just("load"), st.sampled_from(MODULES)),
+    st.tuples(st.just("unload"), st.sampled_from(MODULES)),
+    st.tuples(st.just("fail"), st.sampled_from(["klpt_lp", "klpt_lp2"]),
+              st.sampled_from(("vmlinux",) + MODULES), st.sampled_from([0, -19, -22])),
+    st.tuples(st.just("remove"), st.sampled_from(["klpt_lp", "klpt_lp2"])),
+)
+
+
+def play(defs, ops, loaded) -> KernelModel:
+    m = KernelModel(loaded)
+    for op in ops:
+        kind = op[0]
+        if kind == "enable":
+            d = defs[op[1]]
+            m.enable(PatchDef(d.name, d.objects, d.replace, dict(d.pre_patch_ret)))
+        elif kind == "complete":
+            m.complete(force=op[1])
+        elif kind == "disable":
+            m.disable(op[1])
+        elif kind == "load":
+            m.load_module(op[1])
+        elif kind == "unload":
+            m.unload_module(op[1])
+        elif kind == "fail":
+            defs[op[1]].pre_patch_ret[op[2]] = op[3]
+            m.set_ret(op[1], op[2], op[3])
+        elif kind == "remove":
+            m.remove(op[1])
+    return m
+
+
+lifecycles = st.tuples(patch_defs(), st.lists(OPS, max_size=40),
+                       st.sets(st.sampled_from(MODULES)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lifecycles)
+def test_legal_lifecycles_have_no_violation(lc):
+    defs, ops, loaded = lc
+    m = play(defs, ops, loaded)
+    found = judge(m.header, m.records)
+    bad = [f for f in found if f.kind in ("violation", "unknown")]
+    assert bad == [], (bad, m.records)
+
+
+CLOSERS = {("transition", None), ("patch", "enable"), ("patch", "enable_failed"),
+           ("patch", "disable"), ("patch", "removed"), ("module", "coming"),
+           ("module", "going")}
+
+
+def _closes(r) -> bool:
+    return (r["type"], None if r["type"] == "transition" else r.get("event")) in CLOSERS
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lifecycles, st.data())
+def test_a_copied_callback_is_caught(lc, data):
+    defs, ops, loaded = lc
+    m = play(defs, ops, loaded)
+    cbs = [i for i, r in enumerate(m.records) if r["type"] == "callback"]
+    assume(cbs)
+    i = data.draw(st.sampled_from(cbs))
+    mutated = m.records[:i + 1] + [m.records[i]] + m.records[i + 1:]
+    found = judge(m.header, mutated)
+    assert any(f.kind == "violation" for f in found), m.records[i]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lifecycles, st.data())
+def test_a_dropped_callback_is_caught(lc, data):
+    """A callback the kernel must have run, dropped, before a record that
+    proves its step is over. (A failed pre_patch is not droppable: the kernel
+    may refuse "for any other reason".)"""
+    defs, ops, loaded = lc
+    m = play(defs, ops, loaded)
+    rs = m.records
+    cand = [i for i, r in enumerate(rs) if r["type"] == "callback"
+            and r.get("ret", 0) == 0 and any(_closes(x) for x in rs[i + 1:])]
+    assume(cand)
+    i = data.draw(st.sampled_from(cand))
+    found = judge(m.header, rs[:i] + rs[i + 1:])
+    assert any(f.kind == "violation" for f in found), (rs[i], rs)

@@ -1,0 +1,180 @@
+"""The event model: what a klptrace record is (trace format v1).
+
+A trace is JSON Lines: one header, then records. Records stay plain dicts (the
+JSON objects themselves) so the validator can stream millions of them without
+building an object per line; this module is the one place that says which
+types, fields and values exist, builds records for writers (the BPF loader, the
+tests) and checks records read back (``check_record``).
+
+docs/trace-format.md documents the same thing for people; tests keep the two
+in step.
+"""
+
+from __future__ import annotations
+
+FORMAT = "klptrace"
+VERSION = 1
+
+# --- enumerations -----------------------------------------------------------
+
+CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
+PRE_PATCH, POST_PATCH, PRE_UNPATCH, POST_UNPATCH = CALLBACKS
+
+# patch events; more may appear in future writers ("more allowed"), so an
+# unknown patch event is skipped by the engine, not an error.
+PATCH_EVENTS = ("enable", "enable_failed", "disable", "replaced", "removed")
+TRANSITION_EVENTS = ("init", "start", "complete", "reverse", "cancel", "force")
+TARGETS = ("patched", "unpatched")
+MODULE_EVENTS = ("coming", "live", "going", "refused")
+EVIDENCE = ("direct", "core", "inferred")
+
+VMLINUX = "vmlinux"
+
+RECORD_TYPES = ("patch", "transition", "module", "callback", "loss")
+
+
+class RecordError(ValueError):
+    """A record that is not trace format v1. The message names the field."""
+
+
+# --- builders (writers use these; they produce exactly what readers accept) --
+
+def header(kernel: str, *, state: dict | None = None, **extra) -> dict:
+    """The first line of a trace.
+
+    ``state`` is what the writer saw when it started: ``{"patches": [{"name",
+    "enabled", "transition", "target", "objects": [...]}], "modules": [names]}``.
+    Cycles that began before the trace are judged from it as ``unknown``.
+    """
+    h = {"type": "header", "format": FORMAT, "version": VERSION, "kernel": kernel}
+    if state is not None:
+        h["state"] = state
+    h.update(extra)
+    return h
+
+
+def patch_enable(seq: int, ts_ns: int, patch: str, objects: list[dict], *,
+                 replace: bool = False) -> dict:
+    """``objects``: ``[{"name": "vmlinux" | module, "callbacks": [names]}]`` in
+    the patch's own object order (the order the kernel runs them in)."""
+    return {"type": "patch", "seq": seq, "ts_ns": ts_ns, "patch": patch,
+            "event": "enable", "replace": bool(replace), "objects": objects}
+
+
+def patch_event(seq: int, ts_ns: int, patch: str, event: str, **fields) -> dict:
+    r = {"type": "patch", "seq": seq, "ts_ns": ts_ns, "patch": patch, "event": event}
+    r.update(fields)
+    return r
+
+
+def transition(seq: int, ts_ns: int, patch: str, event: str, target: str) -> dict:
+    return {"type": "transition", "seq": seq, "ts_ns": ts_ns, "patch": patch,
+            "event": event, "target": target}
+
+
+def module(seq: int, ts_ns: int, name: str, event: str) -> dict:
+    return {"type": "module", "seq": seq, "ts_ns": ts_ns, "module": name, "event": event}
+
+
+def callback(seq: int, ts_ns: int, patch: str, obj: str, cb: str, *,
+             ret: int | None = None, evidence: str = "direct") -> dict:
+    r = {"type": "callback", "seq": seq, "ts_ns": ts_ns, "patch": patch,
+         "object": obj, "callback": cb, "evidence": evidence}
+    if ret is not None:
+        r["ret"] = ret
+    return r
+
+
+def loss(seq: int, ts_ns: int, count: int) -> dict:
+    return {"type": "loss", "seq": seq, "ts_ns": ts_ns, "count": count}
+
+
+# --- checking what is read back ---------------------------------------------
+
+def _str(rec: dict, key: str) -> str:
+    v = rec.get(key)
+    if not isinstance(v, str) or not v:
+        raise RecordError(f"field '{key}' must be a non-empty string")
+    return v
+
+
+def _int(rec: dict, key: str) -> int:
+    v = rec.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RecordError(f"field '{key}' must be an integer")
+    return v
+
+
+def _one_of(rec: dict, key: str, allowed: tuple[str, ...]) -> str:
+    v = _str(rec, key)
+    if v not in allowed:
+        raise RecordError(f"field '{key}' is {v!r}, expected one of {', '.join(allowed)}")
+    return v
+
+
+def check_header(h: object) -> dict:
+    """Raise RecordError unless ``h`` is a v1 header (unknown fields ignored)."""
+    if not isinstance(h, dict) or h.get("type") != "header":
+        raise RecordError("first line is not a klptrace header "
+                          '(expected {"type":"header","format":"klptrace",...})')
+    if h.get("format") != FORMAT:
+        raise RecordError(f"header format is {h.get('format')!r}, expected 'klptrace'")
+    if h.get("version") != VERSION:
+        raise RecordError(f"unsupported trace format version {h.get('version')!r}"
+                          f" (this klptrace reads version {VERSION})")
+    state = h.get("state")
+    if state is not None and not isinstance(state, dict):
+        raise RecordError("header field 'state' must be an object")
+    return h
+
+
+def check_record(rec: object) -> bool:
+    """Validate one record. Return False for an unknown record type (to be
+    skipped with a warning); raise RecordError for a malformed known one."""
+    if not isinstance(rec, dict):
+        raise RecordError("record is not a JSON object")
+    rtype = rec.get("type")
+    if not isinstance(rtype, str):
+        raise RecordError("field 'type' must be a string")
+    _int(rec, "seq")
+    _int(rec, "ts_ns")
+    if rtype == "callback":
+        _str(rec, "patch")
+        _str(rec, "object")
+        _one_of(rec, "callback", CALLBACKS)
+        ret = rec.get("ret")
+        if ret is not None and (not isinstance(ret, int) or isinstance(ret, bool)):
+            raise RecordError("field 'ret' must be an integer")
+        ev = rec.get("evidence")
+        if ev is not None:
+            _one_of(rec, "evidence", EVIDENCE)
+    elif rtype == "transition":
+        _str(rec, "patch")
+        _one_of(rec, "event", TRANSITION_EVENTS)
+        _one_of(rec, "target", TARGETS)
+    elif rtype == "patch":
+        _str(rec, "patch")
+        ev = _str(rec, "event")
+        if ev == "enable":
+            objs = rec.get("objects")
+            if not isinstance(objs, list):
+                raise RecordError("patch 'enable' needs a list 'objects'")
+            for o in objs:
+                if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                    raise RecordError("each object needs a string 'name'")
+                cbs = o.get("callbacks", [])
+                if not isinstance(cbs, list) or any(c not in CALLBACKS for c in cbs):
+                    raise RecordError(f"object {o.get('name')!r}: 'callbacks' must list "
+                                      f"names from {', '.join(CALLBACKS)}")
+        elif ev == "enable_failed":
+            if "ret" in rec:
+                _int(rec, "ret")
+    elif rtype == "module":
+        _str(rec, "module")
+        _one_of(rec, "event", MODULE_EVENTS)
+    elif rtype == "loss":
+        if _int(rec, "count") < 0:
+            raise RecordError("field 'count' must not be negative")
+    else:
+        return False
+    return True
