@@ -1,0 +1,39 @@
+"""Documents that must not drift from the code."""
+
+import re
+from pathlib import Path
+
+from tracer import docgen, events
+from tracer.rules import RULES
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC_COPIES = [REPO / "docs/reference/livepatch-callbacks.rst",
+               REPO.parent / "shared/reference/livepatch-callbacks.rst"]
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def test_rules_md_is_generated_from_the_catalogue():
+    assert (REPO / "docs/rules.md").read_text() == docgen.render_rules(), \
+        "docs/rules.md drifted: run `make docs`"
+
+
+def test_every_rule_quotes_the_specification_verbatim():
+    spec = _norm(SPEC_COPIES[0].read_text())
+    for r in RULES.values():
+        assert _norm(r.quote) in spec, r.id
+
+
+def test_vendored_spec_equals_the_shared_one():
+    shared = SPEC_COPIES[1]
+    if shared.exists():   # shared/ sits beside the clone in CI and for developers
+        assert shared.read_text() == SPEC_COPIES[0].read_text()
+
+
+def test_trace_format_doc_names_every_type_event_and_field():
+    doc = (REPO / "docs/trace-format.md").read_text()
+    for word in (events.RECORD_TYPES + events.PATCH_EVENTS + events.TRANSITION_EVENTS
+                 + events.MODULE_EVENTS + events.CALLBACKS + events.EVIDENCE):
+        assert f"`{word}`" in doc, word
