@@ -128,9 +128,51 @@ def check_header(h: object) -> dict:
     return h
 
 
+_CALLBACK_SET = frozenset(CALLBACKS)
+_TRANSITION_SET = frozenset(TRANSITION_EVENTS)
+_TARGET_SET = frozenset(TARGETS)
+_MODULE_SET = frozenset(MODULE_EVENTS)
+_EVIDENCE_SET = frozenset(EVIDENCE)
+
+
 def check_record(rec: object) -> bool:
     """Validate one record. Return False for an unknown record type (to be
-    skipped with a warning); raise RecordError for a malformed known one."""
+    skipped with a warning); raise RecordError for a malformed known one.
+
+    The validator calls this once per line: the common, valid case is a few
+    inline checks; only a failing record goes through the slow path that
+    names the offending field."""
+    try:
+        t = rec["type"]
+        seq, ts = rec["seq"], rec["ts_ns"]
+        ok = type(seq) is int and type(ts) is int
+        if t == "callback":
+            ret, evd = rec.get("ret"), rec.get("evidence")
+            ok = ok and (rec["callback"] in _CALLBACK_SET and _nonempty(rec["patch"])
+                         and _nonempty(rec["object"])
+                         and (ret is None or type(ret) is int)
+                         and (evd is None or evd in _EVIDENCE_SET))
+        elif t == "transition":
+            ok = ok and (rec["event"] in _TRANSITION_SET and rec["target"] in _TARGET_SET
+                         and _nonempty(rec["patch"]))
+        elif t == "module":
+            ok = ok and rec["event"] in _MODULE_SET and _nonempty(rec["module"])
+        elif t in ("patch", "loss"):
+            ok = False          # rare: the full check below
+        elif type(t) is str and ok:
+            return False        # unknown type: skipped with a warning
+    except (KeyError, TypeError):
+        ok = False
+    if ok:
+        return True
+    return _check_record_slow(rec)
+
+
+def _nonempty(v) -> bool:
+    return type(v) is str and v != ""
+
+
+def _check_record_slow(rec: object) -> bool:
     if not isinstance(rec, dict):
         raise RecordError("record is not a JSON object")
     rtype = rec.get("type")
