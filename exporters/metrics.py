@@ -1,59 +1,166 @@
-"""The metric families klptrace exports, built from the engine's Stats.
+"""The metric families klptrace exports.
 
-One collector serves both the live daemon (read at scrape time) and
-`klptrace validate --textfile` (read once at the end), so the two agree on
-the same trace by construction. docs/metrics.md is generated from here.
+Two kinds, as the Prometheus "Writing exporters" guide separates them:
+
+* State owned elsewhere, read at scrape time by custom collectors:
+  ``StatsCollector`` over the rule engine's Stats (callbacks, violations,
+  transitions, lost records), ``LivepatchCollector`` over the kernel's
+  /sys/kernel/livepatch, ``ProbeCollector`` over the daemon's attach results,
+  ``InfoCollector`` (build and kernel info).
+* Events the exporter sees itself, instrumented directly: the transition
+  duration histogram (fed by the engine's ``on_transition_done``) and the
+  exporter's own scrape counter.
+
+``StatsCollector`` serves both the live daemon and ``klptrace validate
+--textfile``, so the two agree on the same trace by construction.
+docs/metrics.md is generated from a registry built here
+(``python -m exporters.metricsdoc``); a test fails when it drifts.
+
+Label cardinality: the only unbounded label is ``patch`` (livepatch module
+names change with every cumulative patch a host receives, and the daemon runs
+for months). ``PatchLabels`` gives the first ``max_patches`` distinct names
+their own value and folds every later one into ``_overflow``.
 """
 
 from __future__ import annotations
 
+import platform
+import threading
+from typing import Callable, Iterable
+
+from prometheus_client import (CollectorRegistry, Counter, Histogram,
+                               disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from tracer import rules as rules_mod
+from tracer import __version__
 from tracer import events as ev
-from tracer.engine import OUTCOMES, Stats
+from tracer import rules as rules_mod
+from tracer.engine import OUTCOMES, RESULTS, Stats
 
 PREFIX = "klptrace_"
 
+# Distinct patch label values before folding into OVERFLOW. A host carries a
+# handful of livepatches at a time; 32 leaves room for months of cumulative
+# replacements while bounding the worst case to about a thousand series.
+DEFAULT_MAX_PATCHES = 32
+OVERFLOW = "_overflow"
+
+# Livepatch transitions wait for every task to reach a safe point, retried each
+# second by the kernel: most finish in well under a minute, a stalled one can
+# take hours. Seconds, base unit.
+TRANSITION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class PatchLabels:
+    """Maps patch names to label values, at most ``max_patches`` distinct ones.
+
+    A name keeps its value for the life of the process (a series never
+    changes name mid-flight); names admitted after the cap is reached become
+    ``_overflow``. Shared by every collector so one patch has one value.
+    """
+
+    def __init__(self, max_patches: int = DEFAULT_MAX_PATCHES):
+        if max_patches < 1:
+            raise ValueError("max_patches must be at least 1")
+        self.max_patches = max_patches
+        self._named: set[str] = set()
+        self._overflowed: set[str] = set()
+        self._lock = threading.Lock()   # scrapes run in server threads
+
+    def __call__(self, patch: str) -> str:
+        if not patch:          # findings without a patch keep the empty value
+            return patch
+        with self._lock:
+            if patch in self._named:
+                return patch
+            if patch not in self._overflowed and len(self._named) < self.max_patches:
+                self._named.add(patch)
+                return patch
+            self._overflowed.add(patch)
+            return OVERFLOW
+
+    def admit(self, patches: Iterable[str]) -> None:
+        """Admit names in a deterministic (sorted) order before labelling, so
+        the same trace gives the same labels however it is scraped."""
+        for p in sorted(set(patches)):
+            self(p)
+
+    @property
+    def overflowed(self) -> int:
+        return len(self._overflowed)
+
+
+def _fold(table: dict, label_patch: Callable[[str], str], patch_index: int) -> dict:
+    """Sum a Stats table after relabelling its patch field (overflow merges keys)."""
+    out: dict = {}
+    for key, n in table.items():
+        k = list(key)
+        k[patch_index] = label_patch(k[patch_index])
+        k = tuple(k)
+        out[k] = out.get(k, 0) + n
+    return out
+
 
 class StatsCollector:
-    """A custom collector over an engine's Stats (state read at collect time)."""
+    """The engine's counters, read at collect time."""
 
-    def __init__(self, stats_source):
-        # stats_source: a callable returning the current Stats (the engine
-        # may be replaced, e.g. per file in validate)
+    def __init__(self, stats_source: Callable[[], Stats | None],
+                 patch_labels: PatchLabels | None = None):
+        # stats_source: a callable returning the current Stats (the engine may
+        # not exist yet in the daemon, or be replaced per file in validate);
+        # None reads as empty.
         self._stats = stats_source
+        self._label = patch_labels or PatchLabels()
 
     def describe(self):
-        return []   # unchecked collector: families depend on what was seen
+        return []   # unchecked collector: the samples depend on what was seen
 
     def collect(self):
-        s: Stats = self._stats()
-        cb = CounterMetricFamily(PREFIX + "callbacks",
-                                 "Livepatch callbacks observed, by patch, object, callback, "
-                                 "result (ok|error|unknown|void) and evidence "
-                                 "(direct|core|inferred).",
-                                 labels=["patch", "object", "callback", "result", "evidence"])
-        for key, n in sorted(s.callbacks.items()):
+        s = self._stats() or Stats()
+        # Copies first: the engine mutates these dicts in the main thread while
+        # a scrape runs in a server thread; dict() of a dict is one C call under
+        # the GIL, iterating the live dict is not safe.
+        callbacks, violations, transitions = (dict(s.callbacks), dict(s.violations),
+                                              dict(s.transitions))
+        self._label.admit([k[0] for k in callbacks] + [k[1] for k in violations]
+                          + [k[0] for k in transitions])
+
+        cb = CounterMetricFamily(
+            PREFIX + "callbacks",
+            "Livepatch callbacks observed, by patch, object, callback "
+            f"({'|'.join(ev.CALLBACKS)}), result ({'|'.join(RESULTS)}) and evidence "
+            f"({'|'.join(ev.EVIDENCE)}).",
+            labels=["patch", "object", "callback", "result", "evidence"])
+        for key, n in sorted(_fold(callbacks, self._label, 0).items()):
             cb.add_metric(list(key), n)
         yield cb
+
         vi = CounterMetricFamily(PREFIX + "violations",
-                                 "Callback rule violations, by rule ID and patch.",
+                                 "Callback rule violations, by rule ID (docs/rules.md) and "
+                                 "patch (empty when the finding names none).",
                                  labels=["rule", "patch"])
-        seen_rules = {r for r, _ in s.violations}
-        for key, n in sorted(s.violations.items()):
-            vi.add_metric(list(key), n)
-        for rid in rules_mod.RULES:           # children known up front start at 0
+        folded = _fold(violations, self._label, 1)
+        seen_rules = {r for r, _ in folded}
+        for rid in rules_mod.RULES:        # a rule not broken yet still has a series
             if rid not in seen_rules:
-                vi.add_metric([rid, ""], 0)
+                folded[(rid, "")] = 0
+        for key, n in sorted(folded.items()):
+            vi.add_metric(list(key), n)
         yield vi
+
         tr = CounterMetricFamily(PREFIX + "transitions",
                                  "Livepatch transitions finished, by patch, target "
                                  f"({'|'.join(ev.TARGETS)}) and outcome ({'|'.join(OUTCOMES)}).",
                                  labels=["patch", "target", "outcome"])
-        for key, n in sorted(s.transitions.items()):
+        folded = _fold(transitions, self._label, 0)
+        for patch in {k[0] for k in folded}:     # a patch seen: all its children
+            for target in ev.TARGETS:
+                for outcome in OUTCOMES:
+                    folded.setdefault((patch, target, outcome), 0)
+        for key, n in sorted(folded.items()):
             tr.add_metric(list(key), n)
         yield tr
+
         yield CounterMetricFamily(PREFIX + "lost_records",
                                   "Trace records lost before they reached klptrace "
                                   "(ring buffer full); a gap, judged unknown.",
@@ -65,6 +172,207 @@ class StatsCollector:
                                   "that began before the trace).", value=s.unknown)
         yield CounterMetricFamily(PREFIX + "warnings", "Warnings raised by the rule engine.",
                                   value=s.warnings)
+
+
+class SelfMetrics:
+    """The exporter's own health: scrapes served, collector failures, patch
+    names folded into ``_overflow``. Counters are instrumented directly."""
+
+    def __init__(self, registry: CollectorRegistry, patch_labels: PatchLabels):
+        self.scrapes = Counter(PREFIX + "exporter_scrapes",
+                               "Scrapes of /metrics served by this process.",
+                               registry=registry)
+        self.collect_errors = Counter(PREFIX + "exporter_collect_errors",
+                                      "Scrape-time reads that failed, by collector "
+                                      "(livepatch|probes); their families are left out.",
+                                      ["collector"], registry=registry)
+        for c in ("livepatch", "probes"):
+            self.collect_errors.labels(c)
+        labels = patch_labels
+
+        class _Overflow:
+            def describe(self):
+                return []
+
+            def collect(self):
+                yield GaugeMetricFamily(PREFIX + "exporter_overflowed_patches",
+                                        "Distinct patch names exported as "
+                                        f"patch=\"{OVERFLOW}\" because the cap "
+                                        f"(max_patches={labels.max_patches}) was reached.",
+                                        value=labels.overflowed)
+        registry.register(_Overflow())
+
+
+class LivepatchCollector:
+    """Patches enabled and in transition, read from the kernel at scrape time.
+
+    ``state_source`` returns tracer.kstate.patches()'s shape:
+    ``[{"name", "enabled": bool, "transition": bool, ...}]``. Folded patches
+    add up under ``_overflow``.
+    """
+
+    def __init__(self, state_source: Callable[[], list], patch_labels: PatchLabels,
+                 self_metrics: SelfMetrics | None = None):
+        self._state = state_source
+        self._label = patch_labels
+        self._errors = self_metrics.collect_errors.labels("livepatch") if self_metrics else None
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        try:
+            patches = list(self._state() or [])
+        except Exception:       # a scrape must not fail because sysfs did
+            if self._errors is not None:
+                self._errors.inc()
+            return
+        self._label.admit(p["name"] for p in patches)
+        enabled: dict[str, int] = {}
+        transition: dict[str, int] = {}
+        for p in patches:
+            name = self._label(p["name"])
+            enabled[name] = enabled.get(name, 0) + int(bool(p.get("enabled")))
+            transition[name] = transition.get(name, 0) + int(bool(p.get("transition")))
+        en = GaugeMetricFamily(PREFIX + "livepatch_enabled",
+                               "1 if the livepatch is enabled "
+                               "(/sys/kernel/livepatch/PATCH/enabled), read at scrape time.",
+                               labels=["patch"])
+        tr = GaugeMetricFamily(PREFIX + "livepatch_in_transition",
+                               "1 if the livepatch is in transition "
+                               "(/sys/kernel/livepatch/PATCH/transition), read at scrape time.",
+                               labels=["patch"])
+        for name in sorted(enabled):
+            en.add_metric([name], enabled[name])
+            tr.add_metric([name], transition[name])
+        yield en
+        yield tr
+        yield GaugeMetricFamily(PREFIX + "livepatches",
+                                "Livepatches loaded (directories under /sys/kernel/livepatch).",
+                                value=len(patches))
+
+
+class ProbeCollector:
+    """Probes attached, from a callable returning ``[(point, kind, attached)]``:
+    ``point`` an observation point of tracer.probeplan (bounded), ``kind``
+    how it is (or would be) attached: kprobe, kretprobe, fentry, tracefs."""
+
+    def __init__(self, probes_source: Callable[[], list], self_metrics: SelfMetrics | None = None):
+        self._probes = probes_source
+        self._errors = self_metrics.collect_errors.labels("probes") if self_metrics else None
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        try:
+            probes = list(self._probes() or [])
+        except Exception:
+            if self._errors is not None:
+                self._errors.inc()
+            return
+        g = GaugeMetricFamily(PREFIX + "probe_attached",
+                              "1 if the probe for this observation point is attached, 0 if "
+                              "not (see `klptrace probes`), by point and kind.",
+                              labels=["point", "kind"])
+        for point, kind, attached in sorted(probes):
+            g.add_metric([str(point), str(kind)], 1.0 if attached else 0.0)
+        yield g
+
+
+class InfoCollector:
+    """Build and kernel info: constant 1 gauges whose labels carry the facts."""
+
+    def __init__(self, kernel_release: str | None):
+        self._kernel = kernel_release if kernel_release is not None else platform.release()
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        b = GaugeMetricFamily(PREFIX + "build_info",
+                              "klptrace build: version and the Python running it; always 1.",
+                              labels=["version", "python_version"])
+        b.add_metric([__version__, platform.python_version()], 1)
+        yield b
+        k = GaugeMetricFamily(PREFIX + "kernel_info",
+                              "Kernel klptrace observes: release (uname -r); always 1.",
+                              labels=["release"])
+        k.add_metric([self._kernel], 1)
+        yield k
+
+
+def plan_probes(plan) -> list[tuple[str, str, bool]]:
+    """``[(point, kind, attached)]`` from a tracer.probeplan.Plan (duck-typed:
+    ``plan.results`` with ``point.name``, ``point.ret`` and ``how``)."""
+    out = []
+    for r in plan.results:
+        attached = r.how != "none"
+        kind = r.how if attached else ("kretprobe" if r.point.ret else "kprobe")
+        out.append((r.point.name, kind, attached))
+    return out
+
+
+class DaemonMetrics:
+    """Everything the live daemon exports, in one registry.
+
+    The daemon wires it like this (see docs/operations.md)::
+
+        metrics = DaemonMetrics(lambda: engine.stats if engine else None,
+                                livepatch_state=kstate.patches,
+                                probes=lambda: plan_probes(plan) if plan else [],
+                                kernel_release=os.uname().release)
+        engine = Engine(header, on_transition_done=metrics.observe_transition)
+        server = exporters.server.start(metrics, listen)
+    """
+
+    def __init__(self, stats_source: Callable[[], Stats | None], *,
+                 livepatch_state: Callable[[], list] = lambda: [],
+                 probes: Callable[[], list] = lambda: [],
+                 kernel_release: str | None = None,
+                 max_patches: int = DEFAULT_MAX_PATCHES,
+                 process_metrics: bool = True):
+        # `_created` series double every counter and histogram child in the text
+        # format and nothing here uses them (process-wide switch; the daemon is
+        # the only exporter in its process)
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.patch_labels = PatchLabels(max_patches)
+        # registration order is exposition order; Stats first so that patch
+        # names are admitted in the trace's terms before the kernel's
+        self.registry.register(StatsCollector(stats_source, self.patch_labels))
+        self.self_metrics = SelfMetrics(self.registry, self.patch_labels)
+        self.registry.register(LivepatchCollector(livepatch_state, self.patch_labels,
+                                                  self.self_metrics))
+        self.registry.register(ProbeCollector(probes, self.self_metrics))
+        self.registry.register(InfoCollector(kernel_release))
+        # Histogram by target and outcome, not by patch: buckets times patches
+        # would be the largest family by far; per-patch counts are in
+        # klptrace_transitions_total.
+        self.transition_duration = Histogram(
+            PREFIX + "transition_duration_seconds",
+            "Time from a transition's start to its completion (or cancel), by target "
+            "and outcome; observed live by the daemon.",
+            ["target", "outcome"], buckets=TRANSITION_BUCKETS, registry=self.registry)
+        for target in ev.TARGETS:
+            for outcome in OUTCOMES:
+                self.transition_duration.labels(target, outcome)
+        if process_metrics:
+            # prometheus_client's defaults, in our registry (not the global one)
+            from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def observe_transition(self, patch: str, target: str, outcome: str,
+                           duration_ns: int) -> None:
+        """Engine(on_transition_done=...) callback: one finished transition."""
+        if target not in ev.TARGETS or outcome not in OUTCOMES:
+            return      # bounded labels: never invent a child
+        self.transition_duration.labels(target, outcome).observe(max(duration_ns, 0) / 1e9)
+
+    def count_scrape(self) -> None:
+        self.self_metrics.scrapes.inc()
 
 
 def verdict_gauges(violations: int, unknown: int, warnings: int, usable: bool,

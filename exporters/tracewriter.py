@@ -1,33 +1,189 @@
-"""Writing trace files (format v1, JSON Lines). Minimal for now: the exporter
-issue adds size-based rotation, fsync on rotate/exit and SIGHUP reopen here."""
+"""Writing trace files (format v1, JSON Lines), with size-based rotation.
+
+``TraceWriter(path, header)`` writes the header, then one record per
+``write()``, flushed at once (a reader tailing the file, or a crash, loses at
+most the line being written). Files are mode 0640: traces name the host's
+livepatches and modules, readable by root and the file's group (adm under
+logrotate), nobody else.
+
+Rotation (``max_bytes``): before a record would take the file past
+``max_bytes``, the file is fsynced and shifted to ``PATH.1`` (``PATH.1`` to
+``PATH.2``, ..., keeping ``keep`` old files), and a new ``PATH`` starts with a
+header of its own. That header carries the state *now* (``state_provider()``,
+the shape of tracer.kstate.state()), so ``klptrace validate`` judges each file
+alone: cycles that began in an earlier file are ``unknown``, never violated.
+
+External rotation (logrotate without ``copytruncate``): logrotate renames the
+file and sends SIGHUP; the signal handler calls ``request_reopen()`` (only
+sets a flag, safe in a handler) and the writer reopens ``PATH`` before its
+next record or at ``reopen_if_requested()``; ``reopen()`` does it at once.
+
+fsync happens on rotation, reopen and ``close()``, not per record: the
+records are flushed to the kernel at once, the disk sync is what a crash of
+the machine costs, and a per-record fsync would cost more than the probes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from typing import Callable
+
+MODE = 0o640
+DEFAULT_KEEP = 5
 
 
 class TraceWriter:
-    def __init__(self, path: str | None, header: dict):
+    def __init__(self, path: str | None, header: dict, *, max_bytes: int | None = None,
+                 keep: int = DEFAULT_KEEP, state_provider: Callable[[], dict] | None = None,
+                 mode: int = MODE):
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError("max_bytes must be positive (or None: no rotation)")
+        if keep < 0:
+            raise ValueError("keep must not be negative")
         self.path = path
-        self._header = header
+        self._header = dict(header)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.mode = mode
+        self._state_provider = state_provider
+        self._reopen_requested = False
+        self.segment = 1          # files this writer has started (1 = the first)
+        self._size = 0            # bytes in the current file
+        self._records = 0         # records in the current file
         if path is None or path == "-":
             self._f = sys.stdout
+            self.max_bytes = None     # nothing to rotate on a pipe
         else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            self._f = os.fdopen(fd, "w", encoding="utf-8")
-        self._line(header)
+            self._f = self._open(truncate=True)
+        self._line(self._header)
 
-    def _line(self, obj: dict) -> None:
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    # --- files ------------------------------------------------------------------
 
-    def write(self, record: dict) -> None:
-        self._line(record)
-        self._f.flush()
+    def _open(self, truncate: bool):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else os.O_APPEND)
+        fd = os.open(self.path, flags, self.mode)
+        try:
+            os.fchmod(fd, self.mode)   # the mode we promise, whatever the umask
+            self._size = os.fstat(fd).st_size
+            self._records = 1 if self._size else 0   # a non-empty file is rotatable
+            return os.fdopen(fd, "w", encoding="utf-8")
+        except BaseException:
+            os.close(fd)
+            raise
 
-    def close(self) -> None:
+    def _close_file(self) -> None:
+        """Flush, fsync and close the current file (never stdout)."""
         self._f.flush()
         if self._f is not sys.stdout:
             os.fsync(self._f.fileno())
             self._f.close()
+
+    def _sync_dir(self) -> None:
+        """Make the renames themselves durable."""
+        d = os.path.dirname(os.path.abspath(self.path))
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _next_header(self) -> dict:
+        """The header of a file that starts mid-stream: the current state, so
+        it can be judged alone."""
+        h = dict(self._header)
+        h.pop("state", None)
+        if self._state_provider is not None:
+            h["state"] = self._state_provider()
+        h["segment"] = self.segment
+        return h
+
+    def _line(self, obj: dict) -> None:
+        data = json.dumps(obj, separators=(",", ":")) + "\n"
+        self._f.write(data)
+        self._size += len(data.encode("utf-8"))
+
+    # --- rotation -----------------------------------------------------------------
+
+    def rotate(self) -> None:
+        """Shift PATH to PATH.1 (and older ones up, dropping beyond ``keep``)
+        and start a new PATH with a current-state header."""
+        if self._f is sys.stdout:
+            return
+        self._close_file()
+        if self.keep == 0:
+            os.unlink(self.path)
+        else:
+            oldest = f"{self.path}.{self.keep}"
+            if os.path.exists(oldest):
+                os.unlink(oldest)
+            for i in range(self.keep - 1, 0, -1):
+                src = f"{self.path}.{i}"
+                if os.path.exists(src):
+                    os.rename(src, f"{self.path}.{i + 1}")
+            os.rename(self.path, f"{self.path}.1")
+        self.segment += 1
+        self._f = self._open(truncate=True)
+        self._line(self._next_header())
+        self._f.flush()
+        self._sync_dir()
+
+    def request_reopen(self) -> None:
+        """For a SIGHUP handler: only sets a flag; the reopen happens before
+        the next record or at ``reopen_if_requested()``."""
+        self._reopen_requested = True
+
+    def reopen_if_requested(self) -> bool:
+        if not self._reopen_requested:
+            return False
+        self.reopen()
+        return True
+
+    def reopen(self) -> None:
+        """Reopen PATH after an external rotation (logrotate renamed it). If
+        PATH is still our file, nothing changes; if it is new (or empty, as
+        logrotate's ``create`` leaves it) it starts with a current-state header."""
+        self._reopen_requested = False
+        if self._f is sys.stdout:
+            self._f.flush()
+            return
+        ours = os.fstat(self._f.fileno())
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+                self._f.flush()
+                os.fsync(self._f.fileno())
+                return
+        except FileNotFoundError:
+            pass
+        self._close_file()
+        self.segment += 1
+        # O_APPEND, not O_TRUNC: whatever is at PATH now is not ours to destroy;
+        # a non-empty file gets no header (a second header mid-file is invalid)
+        self._f = self._open(truncate=False)
+        if self._size == 0:
+            self._line(self._next_header())
+        self._f.flush()
+
+    # --- the writer's interface ------------------------------------------------------
+
+    def write(self, record: dict) -> None:
+        if self._reopen_requested:
+            self.reopen()
+        data = json.dumps(record, separators=(",", ":")) + "\n"
+        n = len(data.encode("utf-8"))
+        # a file holding only its header is never rotated: a record larger
+        # than max_bytes gets a file of its own instead of rotating forever
+        if self.max_bytes is not None and self._size + n > self.max_bytes and self._records:
+            self.rotate()
+        self._f.write(data)
+        self._size += n
+        self._records += 1
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is None:
+            return
+        self._close_file()
+        self._f = None
