@@ -1,0 +1,79 @@
+"""The kernel lab for pytest: ONE guest boot runs every scenario (session
+fixture `lab_run`); tests then compare each scenario's kernel-log ground truth
+with its expected callback sequence.
+
+KLPT_KERNEL selects the kernel (default Debian stable's; `make lab-6.12`).
+Logs go to lab-out/kernel-tests-KERNEL/ (and lab-out/tracer-hook-KERNEL/) in
+the repository (git-ignored; KLPT_LAB_OUT overrides lab-out/), so a failing
+CI run leaves them on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tracer.lab import LabError, LabRun, run_scenarios
+
+REPO = Path(__file__).resolve().parents[2]
+_RUN: dict[str, LabRun] = {}
+
+
+def _lacks_means() -> str | None:
+    """Only a machine that truly cannot run the lab skips it."""
+    if os.geteuid() != 0:
+        return "the kernel lab needs root (apt, qemu, module builds)"
+    if shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
+        return "the kernel lab needs a Debian host (apt-get, dpkg) to install qemu and kernels"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab_means() -> None:
+    """Skips (with the reason) on a machine that cannot run the lab."""
+    reason = _lacks_means()
+    if reason:
+        pytest.skip(reason)
+
+
+def lab_out(what: str) -> Path:
+    kernel = os.environ.get("KLPT_KERNEL") or "stable"
+    return Path(os.environ.get("KLPT_LAB_OUT", REPO / "lab-out")) / f"{what}-{kernel}"
+
+
+@pytest.fixture(scope="session")
+def lab_out_dir():
+    """lab_out_dir(what) -> where a kernel test leaves its lab logs."""
+    return lab_out
+
+
+@pytest.fixture(scope="session")
+def lab_run(request: pytest.FixtureRequest, lab_means: None) -> LabRun:
+    tr = request.config.pluginmanager.getplugin("terminalreporter")
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+
+    def progress(msg: str) -> None:
+        # Live progress even under -q and output capture (boots take a while).
+        if tr is None or capman is None:
+            print(msg, flush=True)
+            return
+        with capman.global_and_fixture_disabled():
+            tr.write_line(msg)
+
+    kernel = os.environ.get("KLPT_KERNEL") or None
+    try:
+        run = run_scenarios(kernel=kernel, out_dir=lab_out("kernel-tests"), progress=progress)
+    except LabError as e:
+        pytest.fail(e.one_line() + ("\n" + e.detail[-3000:] if e.detail else ""), pytrace=False)
+    _RUN["run"] = run
+    return run
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    run = _RUN.get("run")
+    if run is not None:
+        terminalreporter.write_sep("-", "kernel lab")
+        terminalreporter.write_line(run.summary())

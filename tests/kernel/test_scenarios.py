@@ -1,0 +1,29 @@
+"""Each documented callback scenario on a real kernel: the test modules'
+kernel-log lines (ground truth) must equal the expected sequence written in
+tracer/lab/scenarios.py, and every step must have done what it expects."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracer.lab import NAMES, LabRun
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scenario_callbacks(lab_run: LabRun, name: str) -> None:
+    result = lab_run.result(name)
+    if not result.ok:
+        pytest.fail(result.report(), pytrace=False)
+
+
+def test_kernel_logs_left_per_scenario(lab_run: LabRun) -> None:
+    """`klptrace lab scenarios --out DIR` promise: NAME.dmesg per scenario,
+    with the livepatch core's dynamic-debug transition messages in it."""
+    for r in lab_run.results:
+        assert r.dmesg_path.exists(), r.dmesg_path
+        assert f"===== scenario {r.name} =====" in r.dmesg
+    text = lab_run.result("target-not-present").dmesg
+    assert "initializing patching transition" in text, "dynamic debug for kernel/livepatch is off"
+    assert "completing unpatching transition" in text

@@ -1,0 +1,39 @@
+"""The lab's hook for the tracer (issue 5), with a fake tracer: started in
+the guest before the scenario's steps, waited for through its ready file,
+given --preload for the lab's livepatches, stopped with SIGINT afterwards,
+leaving NAME.jsonl beside NAME.dmesg; the ground truth is unaffected."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracer.lab import LabError, run_scenarios
+
+pytestmark = pytest.mark.kernel
+FAKE = Path(__file__).with_name("fake_tracer.py")
+
+
+def test_tracer_started_ready_and_stopped_per_scenario(lab_means: None, lab_out_dir) -> None:
+    kernel = os.environ.get("KLPT_KERNEL") or None
+    out = lab_out_dir("tracer-hook")
+    try:
+        run = run_scenarios(kernel=kernel, only="target-not-present", out_dir=out,
+                            tracer_cmd=f"{sys.executable} {FAKE}", preload=True,
+                            progress=lambda m: None)
+    except LabError as e:
+        pytest.fail(e.one_line(), pytrace=False)
+    r = run.result("target-not-present")
+    if not r.ok:
+        pytest.fail(r.report() + "\ntracer log:\n"
+                    + (out / "target-not-present.tracer.log").read_text(errors="replace"),
+                    pytrace=False)
+    assert r.tracer_rc == 0
+    record = json.loads(r.trace_path.read_text().splitlines()[0])
+    assert record["stopped_by"] == "SIGINT"
+    assert [Path(p).name for p in record["preload"]] == ["klpt_lp.ko", "klpt_lp2.ko"]
+    assert all(Path(p).exists() for p in record["preload"])

@@ -1,0 +1,149 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# klptrace lab: the guest-side driver. One guest boot runs every planned
+# scenario in turn. Usage (inside the VM): guest_driver.sh RUN_DIR
+#
+# RUN_DIR (shared read-write with the host) holds, written by the host:
+#   plan.sh            KLPT_SCENARIOS=(...), KLPT_KMOD, timeouts, KLPT_TRACER_CMD
+#   steps/NAME.steps   one helper call per line (guest_helpers.sh)
+# and receives, per scenario NAME:
+#   NAME.dmesg         the kernel log of that scenario only
+#   NAME.steps.log     each step, its output and exit code
+#   NAME.status        "ok", or "failed: <why>" (the last line written)
+#   NAME.jsonl, NAME.tracer.log, NAME.tracer.rc   only with a tracer command
+# plus boot.dmesg (the log before the first scenario) and driver.log.
+#
+# Progress goes to stdout as "klpt-lab: ..." lines; the host watches them for
+# its boot and step time limits.
+
+RUN_DIR="$1"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+. "$RUN_DIR/plan.sh"
+. "$HERE/guest_helpers.sh"
+
+say() { echo "klpt-lab: $*"; }
+
+setup_kernel_logging() {
+	# Userspace writes to /dev/kmsg are rate limited (10 per 5 s) by default;
+	# the step markers would be dropped.
+	echo on > /proc/sys/kernel/printk_devkmsg
+	# The livepatch core's pr_debug transition messages, as the selftests do;
+	# klp_try_switch_task is too chatty during a stalled transition.
+	local ctl=/proc/dynamic_debug/control
+	[[ -e $ctl ]] || ctl=/sys/kernel/debug/dynamic_debug/control
+	if [[ -e $ctl ]]; then
+		echo 'file kernel/livepatch/* +p' > "$ctl"
+		echo 'func klp_try_switch_task -p' > "$ctl" 2>/dev/null
+	else
+		say "warning: no dynamic_debug control; no transition messages"
+	fi
+	# bcc (the tracer) needs these; virtme-ng mounts them today, be sure.
+	mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
+	mountpoint -q /sys/kernel/tracing || mount -t tracefs none /sys/kernel/tracing
+}
+
+TRACER_PID=
+# start_tracer NAME: run the host-given tracer command in the background and
+# wait for it to create its ready file. Returns 1 (with a reason in
+# TRACER_ERROR) when it exits or is not ready in time.
+start_tracer() {
+	local name="$1" ready="$RUN_DIR/$1.tracer-ready" i=0
+	rm -f "$ready" "$RUN_DIR/$name.jsonl" "$RUN_DIR/$name.tracer.rc"
+	say "$name: starting tracer"
+	# Job control: a background job of a non-interactive shell ignores SIGINT,
+	# and SIGINT is how the tracer is told to stop.
+	set -m
+	eval "exec $KLPT_TRACER_CMD --trace \"$RUN_DIR/$name.jsonl\" --ready-file \"$ready\"" \
+		> "$RUN_DIR/$name.tracer.log" 2>&1 &
+	TRACER_PID=$!
+	set +m
+	while [[ ! -e $ready ]]; do
+		if ! kill -0 "$TRACER_PID" 2>/dev/null; then
+			wait "$TRACER_PID"; echo $? > "$RUN_DIR/$name.tracer.rc"
+			TRACER_ERROR="tracer exited (rc $(cat "$RUN_DIR/$name.tracer.rc")) before it was ready"
+			TRACER_PID=
+			return 1
+		fi
+		if [[ $((i++)) -ge $((KLPT_TRACER_READY_TIMEOUT * 10)) ]]; then
+			TRACER_ERROR="tracer not ready after ${KLPT_TRACER_READY_TIMEOUT}s"
+			return 1
+		fi
+		sleep 0.1
+	done
+	say "$name: tracer ready after $((i / 10))s"
+	return 0
+}
+
+# stop_tracer NAME: SIGINT, wait for it to flush and exit; SIGKILL if it hangs.
+stop_tracer() {
+	local name="$1" i=0 rc
+	[[ -n $TRACER_PID ]] || return 0
+	# The whole job's process group, in case the command is a wrapper.
+	kill -INT -- "-$TRACER_PID" 2>/dev/null
+	while kill -0 "$TRACER_PID" 2>/dev/null; do
+		if [[ $((i++)) -ge $((KLPT_TRACER_STOP_TIMEOUT * 10)) ]]; then
+			say "$name: tracer did not exit on SIGINT; killing it"
+			kill -KILL -- "-$TRACER_PID" 2>/dev/null
+			break
+		fi
+		sleep 0.1
+	done
+	wait "$TRACER_PID"; rc=$?
+	echo "$rc" > "$RUN_DIR/$name.tracer.rc"
+	TRACER_PID=
+}
+
+# run_steps NAME: the scenario's steps, each echoed and logged; stops at the
+# first failing step (a helper's die). Runs in a subshell so die ends only it.
+run_steps() {
+	local name="$1"
+	(
+		n=0
+		while IFS= read -r step; do
+			[[ -z $step || $step == \#* ]] && continue
+			n=$((n + 1))
+			say "$name: step $n: $step"
+			echo "% $step"
+			# Own subshell: a helper's die ends this step only, and is logged.
+			( eval "$step" ) 2>&1
+			rc=$?
+			echo "rc=$rc"
+			[[ $rc == 0 ]] || { echo "FAILED step $n: $step"; exit 1; }
+		done < "$RUN_DIR/steps/$name.steps"
+	) > "$RUN_DIR/$name.steps.log" 2>&1
+}
+
+run_scenario() {
+	local name="$1" status=ok t0=$SECONDS
+	say "$name: begin"
+	reset_livepatch_state || say "$name: warning: state not clean before start"
+	dmesg -C
+	klog "===== scenario $name ====="
+	TRACER_ERROR=
+	if [[ -n $KLPT_TRACER_CMD ]] && ! start_tracer "$name"; then
+		status="failed: $TRACER_ERROR"
+	fi
+	if ! run_steps "$name"; then
+		status="failed: $(grep '^FAILED' "$RUN_DIR/$name.steps.log" | tail -1 | cut -c8-)"
+		status+=" ($(grep '^ERROR' "$RUN_DIR/$name.steps.log" | tail -1))"
+	fi
+	[[ -n $KLPT_TRACER_CMD ]] && stop_tracer "$name"
+	klog "===== end of scenario $name ====="
+	dmesg > "$RUN_DIR/$name.dmesg"
+	reset_livepatch_state || { [[ $status == ok ]] && status="failed: cleanup left livepatch state behind"; }
+	echo "$status" > "$RUN_DIR/$name.status"
+	say "$name: end $status ($((SECONDS - t0))s)"
+}
+
+main() {
+	say "driver started on $(uname -r)"
+	dmesg > "$RUN_DIR/boot.dmesg"
+	setup_kernel_logging
+	local name
+	for name in "${KLPT_SCENARIOS[@]}"; do
+		run_scenario "$name"
+	done
+	say "driver done"
+}
+
+main 2>&1 | tee -a "$RUN_DIR/driver.log"

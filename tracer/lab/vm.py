@@ -1,0 +1,212 @@
+"""Boots a kernel under TCG with virtme-ng over the host's root filesystem
+and runs a command in it, streaming the console to a callback and enforcing
+time limits through a watchdog. Also: an interactive shell, and a small
+run-these-commands helper.
+
+Why TCG (--disable-kvm): nested KVM does not work on this project's machines
+(/dev/kvm exists, qemu aborts or hangs); a Debian kernel still boots in ~20 s.
+The guest sees the host's root fs read-only (9p); directories given as rwdirs
+are writable and shared, which is how results come back to the host.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from .errors import LabError
+from .packages import Kernel, find_qemu
+
+MEMORY = "2G"
+CPUS = 2
+
+
+def _venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def vng_path() -> Path:
+    vng = _venv_bin() / "vng"
+    if not vng.exists():
+        raise LabError("no means", f"virtme-ng not installed ({vng} missing): run `make setup`")
+    return vng
+
+
+def _vng_env() -> dict[str, str]:
+    # vng runs virtme-run, which lives beside it in the venv's bin/.
+    return {**os.environ, "PATH": f"{_venv_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+def vng_argv(kernel: Kernel, *, exec_cmd: str | None = None, rwdirs: tuple[Path, ...] = (),
+             cwd: Path | None = None, append: tuple[str, ...] = ()) -> list[str]:
+    if find_qemu() is None:
+        raise LabError("no means", "qemu-system-x86_64 not found (Debian package qemu-system-x86)")
+    if not kernel.vmlinuz.exists():
+        raise LabError("boot", f"{kernel.vmlinuz} missing")
+    argv = [str(vng_path()), "--run", str(kernel.vmlinuz), "--disable-kvm",
+            "--memory", MEMORY, "--cpus", str(CPUS)]
+    for d in rwdirs:
+        argv += ["--rwdir", str(d)]
+    if cwd is not None:
+        argv += ["--cwd", str(cwd)]
+    for a in append:
+        argv += ["--append", a]
+    if exec_cmd is not None:
+        argv += ["--exec", exec_cmd]
+    return argv
+
+
+class Watchdog(Protocol):
+    """Told every console line; asked regularly whether a time limit passed."""
+
+    def on_line(self, line: str) -> None: ...
+    def expired(self) -> LabError | None: ...
+
+
+class _Terminated(BaseException):
+    pass
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+def run_guest(kernel: Kernel, exec_cmd: str, *, rwdirs: tuple[Path, ...],
+              console_log: Path, watchdog: Watchdog) -> int:
+    """Boot, run exec_cmd, return vng's exit code once the guest powered off.
+    Raises the watchdog's LabError (after killing qemu) when a limit passes."""
+    # qemu runs in its own session (so we can kill all of vng's processes at
+    # once); a SIGTERM/SIGHUP to us must therefore take it down explicitly,
+    # or it would run on orphaned.
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            saved[sig] = signal.signal(sig, _raise_terminated)
+    try:
+        return _run_guest(kernel, exec_cmd, rwdirs=rwdirs, console_log=console_log,
+                          watchdog=watchdog)
+    except _Terminated as t:
+        raise LabError("guest", f"interrupted by signal {t.args[0]}; VM stopped") from None
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _run_guest(kernel: Kernel, exec_cmd: str, *, rwdirs: tuple[Path, ...],
+               console_log: Path, watchdog: Watchdog) -> int:
+    argv = vng_argv(kernel, exec_cmd=exec_cmd, rwdirs=rwdirs)
+    lines: queue.Queue[str | None] = queue.Queue()
+    with open(console_log, "w") as log:
+        log.write("$ " + shlex.join(argv) + "\n")
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                env=_vng_env(), start_new_session=True)
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=1.0)
+                except queue.Empty:
+                    line = ""
+                if line is None:
+                    break
+                if line:
+                    log.write(line)
+                    log.flush()
+                    watchdog.on_line(line.rstrip("\n"))
+                err = watchdog.expired()
+                if err is not None:
+                    _kill(proc)
+                    raise err
+            return proc.wait()
+        except BaseException:
+            _kill(proc)
+            raise
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    # vng, virtme-run and qemu share the session we started; end all of them.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class DeadlineWatchdog:
+    """One overall limit, for run_commands()."""
+
+    def __init__(self, seconds: float, what: str):
+        self.deadline = time.monotonic() + seconds
+        self.what = what
+
+    def on_line(self, line: str) -> None:
+        pass
+
+    def expired(self) -> LabError | None:
+        if time.monotonic() > self.deadline:
+            return LabError("step timeout", self.what)
+        return None
+
+
+@dataclass
+class CommandResult:
+    command: str
+    rc: int
+    output: str
+
+
+def run_commands(kernel: Kernel, commands: list[str], *, timeout: float = 600,
+                 on_line: Callable[[str], None] | None = None) -> tuple[list[CommandResult], str]:
+    """Boot once, run each shell command in turn; return their results and
+    the guest's kernel log."""
+    with tempfile.TemporaryDirectory(prefix="klpt-lab-cmd-", dir="/tmp") as d:
+        run = Path(d)
+        script = ["#!/bin/bash"]
+        for i, c in enumerate(commands):
+            script.append(f"( {c} ) > {run}/{i}.out 2>&1; echo $? > {run}/{i}.rc")
+        script.append(f"dmesg > {run}/dmesg")
+        (run / "run.sh").write_text("\n".join(script) + "\n")
+        wd = DeadlineWatchdog(timeout, f"guest commands not done after {timeout:.0f}s")
+        if on_line is not None:
+            wd.on_line = on_line  # type: ignore[method-assign]
+        run_guest(kernel, f"bash {run}/run.sh", rwdirs=(run,), console_log=run / "console.log",
+                  watchdog=wd)
+        results = []
+        for i, c in enumerate(commands):
+            rc_file = run / f"{i}.rc"
+            rc = int(rc_file.read_text()) if rc_file.exists() else -1
+            out = (run / f"{i}.out").read_text(errors="replace") if (run / f"{i}.out").exists() else ""
+            results.append(CommandResult(c, rc, out))
+        dmesg = (run / "dmesg").read_text(errors="replace") if (run / "dmesg").exists() else ""
+        return results, dmesg
+
+
+def shell(kernel: Kernel, *, rwdirs: tuple[Path, ...] = (), cwd: Path | None = None) -> int:
+    """An interactive shell in the guest on this terminal."""
+    argv = vng_argv(kernel, rwdirs=rwdirs, cwd=cwd)
+    return subprocess.call(argv, env=_vng_env())
