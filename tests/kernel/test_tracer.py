@@ -1,0 +1,135 @@
+"""The tracer (`klptrace run`) against the lab's kernel-log ground truth.
+
+Each lab run boots one guest and runs every scenario with the tracer started
+before the scenario's steps (KLPT_TRACER_CMD hook of tracer/lab/runner.py) and
+stopped with SIGINT after them. For every scenario the tracer's callback
+records must equal the ground truth of the test modules' kernel log (same
+order, patch, object, callback, pre_patch return code), its transition and
+module records must be there, and the trace must validate clean.
+Without --preload every callback is `inferred`; with it, every one `direct`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parents[2]
+KLPTRACE = ROOT / ".venv" / "bin" / "klptrace"
+
+
+def _records(path: Path) -> list[dict]:
+    lines = path.read_text().splitlines()
+    return [json.loads(l) for l in lines[1:] if l.strip()]
+
+
+def _callback_keys(recs: list[dict]) -> list[tuple]:
+    return [(r["patch"], r["object"], r["callback"],
+             r.get("ret") if r["callback"] == "pre_patch" else None)
+            for r in recs if r["type"] == "callback"]
+
+
+@pytest.fixture(scope="module", params=["inferred", "direct"])
+def traced_run(request, tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    from tracer.lab import run_scenarios
+    out = tmp_path_factory.mktemp(f"tracer-{request.param}")
+    run = run_scenarios(out_dir=out, tracer_cmd=str(KLPTRACE) + " run",
+                        preload=True if request.param == "direct" else None)
+    print(run.summary())
+    return request.param, run
+
+
+def test_callbacks_equal_ground_truth(traced_run):
+    evidence, run = traced_run
+    bad = []
+    for res in run.results:
+        if res.tracer_rc not in (None, 0) or not res.trace_path.exists():
+            bad.append(f"{res.name}: tracer rc {res.tracer_rc}, trace "
+                       f"{'present' if res.trace_path.exists() else 'missing'}")
+            continue
+        recs = _records(res.trace_path)
+        got = _callback_keys(recs)
+        if got != res.observed_keys:
+            bad.append(f"{res.name}: tracer {got}\n   kernel log {res.observed_keys}")
+        evs = {r["evidence"] for r in recs if r["type"] == "callback"}
+        if evidence == "direct" and evs - {"direct"}:
+            bad.append(f"{res.name}: evidence {sorted(evs)} with --preload")
+        kinds = {r["type"] for r in recs}
+        if got and not {"transition", "patch"} <= kinds:
+            bad.append(f"{res.name}: no transition/patch records ({sorted(kinds)})")
+    assert not bad, "\n".join(bad)
+
+
+def test_traces_validate_clean(traced_run):
+    _, run = traced_run
+    paths = [str(r.trace_path) for r in run.results if r.trace_path.exists()]
+    assert paths
+    p = subprocess.run([str(KLPTRACE), "validate", *paths], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_ground_truth_unchanged_by_tracer(traced_run):
+    """The lab's own check with the tracer running: the kernel-log callbacks
+    are still exactly the scenario's expected sequence."""
+    _, run = traced_run
+    bad = [r.report() for r in run.results if not r.matches]
+    assert not bad, "\n\n".join(bad)
+
+
+# --- no livepatch activity, and a restart with a patch already enabled ------
+
+_START = ("rm -f /run/klpt.ready; {klp} run --ready-file /run/klpt.ready --trace /run/{name}.jsonl "
+          "2>/run/{name}.log & echo $! > /run/klpt.pid; "
+          "for i in $(seq 1 1800); do [ -e /run/klpt.ready ] && break; sleep 0.1; done; "
+          "[ -e /run/klpt.ready ] || {{ cat /run/{name}.log; exit 97; }}")
+_STOP = ("kill -INT $(cat /run/klpt.pid); while kill -0 $(cat /run/klpt.pid) 2>/dev/null; "
+         "do sleep 0.2; done; cat /run/{name}.log")
+
+
+def _wait_no_transition(patch: str) -> str:
+    return (f"for i in $(seq 1 300); do [ \"$(cat /sys/kernel/livepatch/{patch}/transition "
+            f"2>/dev/null)\" != 1 ] && break; sleep 0.2; done")
+
+
+@pytest.fixture(scope="module")
+def quiet_and_restart(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    from tracer.lab import kmod, packages, vm
+    kernel = packages.resolve_kernel(os.environ.get("KLPT_KERNEL"))
+    staged = kmod.stage_modules(kmod.build_modules(kernel), tmp_path_factory.mktemp("ko"))
+    klp = str(KLPTRACE)
+    lp = staged / "klpt_lp.ko"
+    idle = (_START.format(klp=klp, name="idle")
+            + "; ls -R /usr > /dev/null; dd if=/dev/zero of=/dev/null bs=1M count=200; sleep 2; "
+            + _STOP.format(name="idle"))
+    restart = (f"insmod {staged}/klpt_mod.ko; insmod {lp}; {_wait_no_transition('klpt_lp')}; "
+               + _START.format(klp=klp, name="restart")
+               + "; echo 0 > /sys/kernel/livepatch/klpt_lp/enabled; "
+               + _wait_no_transition("klpt_lp") + "; sleep 1; "
+               + _STOP.format(name="restart")
+               + f"; {klp} validate --format json /run/restart.jsonl; echo validate-rc=$?")
+    results, _ = vm.run_commands(kernel, [idle, restart], timeout=900)
+    return {r.command: r for r in results}, idle, restart
+
+
+def test_no_livepatch_activity_costs_nothing(quiet_and_restart):
+    res, idle, _ = quiet_and_restart
+    out = res[idle].output
+    assert "probe hits 0" in out, out
+
+
+def test_restart_with_patch_enabled_is_unknown_not_violation(quiet_and_restart):
+    res, _, restart = quiet_and_restart
+    out = res[restart].output
+    assert "validate-rc=0" in out, out
+    assert "VIOLATION" not in out, out

@@ -1,0 +1,140 @@
+"""tracer.infer: raw probe snapshots -> callback records, on sequences shaped
+like the kernel's call order (kernel/livepatch/core.c, transition.c). The raw
+events are what the BPF programs would report; nothing here claims a kernel ran."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tracer import rawevents as rw
+from tracer.infer import Inference
+
+A = (0x1000, 0x2000, 0x3000, 0x4000)     # callback addresses of both objects
+
+
+def obj(name, *, loaded=True, patched=False, pue=False, armed=(False,) * 4):
+    return rw.Obj(name, A, loaded=loaded, patched=patched, post_unpatch_enabled=pue, armed=armed)
+
+
+def raw(kind, *objs, patch="lp", module="", arg=0, ip=0, ctx=rw.CTX_NONE, ts=[0]):
+    ts[0] += 1
+    return rw.Raw(kind, ts[0], patch=patch, module=module, arg=arg, ip=ip, ctx=ctx,
+                  objs=list(objs))
+
+
+def run(events, **kw):
+    out = []
+    inf = Inference(out.append, **kw)
+    for e in events:
+        inf.feed(e)
+    inf.flush()
+    assert [r["seq"] for r in out] == list(range(1, len(out) + 1))
+    return out
+
+
+def cbs(out):
+    return [(r["object"], r["callback"], r.get("ret"), r["evidence"])
+            for r in out if r["type"] == "callback"]
+
+
+def enable_ok():
+    return [
+        raw(rw.INIT_TRANSITION, obj("vmlinux"), obj("m"), arg=1),
+        raw(rw.PATCH_OBJECT, obj("vmlinux", pue=True)),
+        raw(rw.PATCH_OBJECT, obj("m", pue=True)),
+        raw(rw.START_TRANSITION, obj("vmlinux", patched=True, pue=True), obj("m", patched=True, pue=True)),
+        raw(rw.COMPLETE, obj("vmlinux", patched=True, pue=True), obj("m", patched=True, pue=True)),
+        raw(rw.ENABLE_RET, arg=0),
+    ]
+
+
+def test_enable_then_disable():
+    out = run(enable_ok() + [
+        raw(rw.INIT_TRANSITION, obj("vmlinux", patched=True, pue=True), obj("m", patched=True, pue=True), arg=0),
+        raw(rw.START_TRANSITION, obj("vmlinux", patched=True, pue=True), obj("m", patched=True, pue=True)),
+        raw(rw.COMPLETE, obj("vmlinux", pue=True), obj("m", pue=True)),
+    ])
+    assert cbs(out) == [("vmlinux", "pre_patch", 0, "inferred"), ("m", "pre_patch", 0, "inferred"),
+                        ("vmlinux", "post_patch", None, "inferred"), ("m", "post_patch", None, "inferred"),
+                        ("vmlinux", "pre_unpatch", None, "inferred"), ("m", "pre_unpatch", None, "inferred"),
+                        ("vmlinux", "post_unpatch", None, "inferred"), ("m", "post_unpatch", None, "inferred")]
+    assert [(r["event"], r["target"]) for r in out if r["type"] == "transition"] == [
+        ("init", "patched"), ("start", "patched"), ("complete", "patched"),
+        ("init", "unpatched"), ("start", "unpatched"), ("complete", "unpatched")]
+
+
+def test_enable_failing_pre_patch_waits_for_the_return_code():
+    out = run([
+        raw(rw.INIT_TRANSITION, obj("vmlinux"), obj("m"), arg=1),
+        raw(rw.PATCH_OBJECT, obj("vmlinux", pue=True)),
+        raw(rw.CANCEL, obj("vmlinux", patched=True, pue=True), obj("m")),
+        raw(rw.COMPLETE, obj("vmlinux", pue=True), obj("m")),
+        raw(rw.ENABLE_RET, arg=-19),
+    ])
+    assert cbs(out) == [("vmlinux", "pre_patch", 0, "inferred"), ("m", "pre_patch", -19, "inferred"),
+                        ("vmlinux", "post_unpatch", None, "inferred")]
+    kinds = [(r["type"], r.get("event")) for r in out]
+    assert kinds.index(("callback", None)) < kinds.index(("transition", "cancel"))
+    assert kinds[-1] == ("patch", "enable_failed")
+
+
+def test_module_coming_refused():
+    out = run(enable_ok() + [
+        raw(rw.MODULE_COMING, module="m2", ctx=rw.CTX_COMING),
+        raw(rw.MODULE_COMING_RET, module="m2", arg=-19),
+    ])
+    assert ("m2", "pre_patch", -19, "inferred") not in cbs(out)   # lp has no object m2
+    out = run(enable_ok()[:1] + [raw(rw.PATCH_OBJECT, obj("vmlinux", pue=True)),
+                                 raw(rw.START_TRANSITION, obj("vmlinux", patched=True, pue=True), obj("m", loaded=False)),
+                                 raw(rw.COMPLETE, obj("vmlinux", patched=True, pue=True), obj("m", loaded=False)),
+                                 raw(rw.MODULE_COMING, module="m", ctx=rw.CTX_COMING),
+                                 raw(rw.MODULE_COMING_RET, module="m", arg=-19)])
+    assert cbs(out)[-1] == ("m", "pre_patch", -19, "inferred")
+    assert (out[-1]["type"], out[-1]["event"]) == ("module", "refused")
+
+
+def test_module_going_and_coming():
+    out = run(enable_ok() + [
+        raw(rw.MODULE_GOING, module="m", ctx=rw.CTX_GOING),
+        raw(rw.UNPATCH_OBJECT, obj("m", patched=True, pue=True), ctx=rw.CTX_GOING),
+        raw(rw.MODULE_COMING, module="m", ctx=rw.CTX_COMING),
+        raw(rw.PATCH_OBJECT, obj("m", pue=True), ctx=rw.CTX_COMING),
+        raw(rw.PATCH_OBJECT_RET, obj("m", patched=True, pue=True), ctx=rw.CTX_COMING, arg=0),
+        raw(rw.MODULE_COMING_RET, module="m", arg=0),
+    ])
+    assert cbs(out)[-4:] == [("m", "pre_unpatch", None, "inferred"), ("m", "post_unpatch", None, "inferred"),
+                             ("m", "pre_patch", 0, "inferred"), ("m", "post_patch", None, "inferred")]
+
+
+def test_direct_wins_and_is_not_doubled():
+    pre = raw(rw.DIRECT_RET, obj("vmlinux"), arg=0, ip=A[0] + 1)
+    post = raw(rw.DIRECT, obj("vmlinux"), ip=A[1] + 4)
+    ev = enable_ok()
+    out = run([ev[0], pre, ev[1], ev[2], ev[3], ev[4], post, ev[5]],
+              preload_cover={("lp", "vmlinux", "post_patch")})
+    # mixed evidence: an inferred record is written at the snapshot, a direct
+    # one when the callback runs, so across kinds the order can differ
+    assert cbs(out) == [("vmlinux", "pre_patch", 0, "direct"), ("m", "pre_patch", 0, "inferred"),
+                        ("m", "post_patch", None, "inferred"), ("vmlinux", "post_patch", None, "direct")]
+
+
+def test_reverse_runs_no_pre_unpatch():
+    ev = enable_ok()
+    out = run(ev[:4] + [
+        raw(rw.REVERSE, obj("vmlinux", patched=True, pue=True)),
+        raw(rw.START_TRANSITION, obj("vmlinux", patched=True, pue=True), obj("m", patched=True, pue=True)),
+        raw(rw.COMPLETE, obj("vmlinux", pue=True), obj("m", pue=True)),
+    ])
+    assert [c[1] for c in cbs(out)] == ["pre_patch", "pre_patch", "post_unpatch", "post_unpatch"]
+
+
+def test_ctypes_layout_matches_header():
+    h = (Path(__file__).resolve().parents[2] / "bpf" / "klptrace.h").read_text()
+    for name, val in (("KLPT_NAME_LEN", rw.NAME_LEN), ("KLPT_MAX_OBJS", rw.MAX_OBJS),
+                      ("KLPT_HIT_SLOTS", rw.HIT_SLOTS), ("KLPT_DIRECT", rw.DIRECT),
+                      ("KLPT_CORE", rw.CORE), ("KLPT_UNPATCH_OBJECT", rw.UNPATCH_OBJECT)):
+        assert int(re.search(rf"#define {name}\s+(\d+)", h).group(1)) == val
+    import ctypes
+    assert ctypes.sizeof(rw.CObj) == 56 + 32 + 8
+    assert ctypes.sizeof(rw.CEvent) == 8 * 3 + 4 * 6 + 56 * 2 + 8 * ctypes.sizeof(rw.CObj)

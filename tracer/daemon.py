@@ -1,0 +1,202 @@
+"""The run loop of ``klptrace run``: BPF events -> inference -> records ->
+TraceWriter and the rule engine (online, violations logged as they happen).
+SIGINT/SIGTERM stop it cleanly: the ring buffer is drained, held records are
+flushed, tracefs probes are removed, the trace is closed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from . import events as ev
+from . import exitcodes as xc
+from . import kstate
+from .infer import Inference
+from .probeplan import make_plan, format_plan
+
+POLL_MS = 200
+
+
+def log(msg: str) -> None:
+    print(f"klptrace: {msg}", file=sys.stderr, flush=True)
+
+
+def _engine(header: dict):
+    try:
+        from .engine import Engine
+    except ImportError:          # the rule engine is another issue's; run without it
+        log("warning: tracer.engine not available, records are not judged online")
+        return None
+    return Engine(header)
+
+
+class Daemon:
+    def __init__(self, trace: str | None, preload: list[str], ready_file: str | None,
+                 verbose: bool = False):
+        self.trace_path = trace
+        self.preload_paths = preload
+        self.ready_file = ready_file
+        self.verbose = verbose
+        self.stop = False
+        self.violations = 0
+        self.records = 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop = True
+
+    def _sink(self, rec: dict) -> None:
+        self.writer.write(rec)
+        self.records += 1
+        if self.verbose:
+            log(f"record {rec}")
+        if self.engine is not None:
+            for f in self.engine.feed(rec):
+                self._report(f)
+
+    def _attach_for_enabled(self, patch: str, objs) -> None:
+        """A patch not preloaded was just enabled: probe its callback functions
+        directly for the callbacks that run later (post_patch, disable, modules).
+        The BPF `armed` map is set only once all are attached, so a snapshot sees
+        all or none of this patch's callbacks as directly observed."""
+        want = {}
+        for o in objs:
+            for i, addr in enumerate(o.cb):
+                if addr and (patch, o.name, ev.CALLBACKS[i]) not in self.preload_cover:
+                    want.setdefault(addr, set()).add(i == 0)
+        want = {a: r for a, r in want.items() if a not in self.armed_addrs}
+        if not want:
+            return
+        from .modsyms import Target, kallsyms_lookup
+        try:
+            names = kallsyms_lookup(set(want))
+        except OSError as e:
+            log(f"warning: /proc/kallsyms: {e.strerror}; '{patch}' stays inferred")
+            return
+        armed = []
+        for addr, rets in want.items():
+            if addr not in names:
+                continue
+            mod, sym = names[addr]
+            errs = [self.probes.add(Target(mod, sym, ret), self.loader) for ret in
+                    sorted({False} | rets)]
+            if any(errs):
+                log(f"warning: direct probe {mod}:{sym}: {[e for e in errs if e][0]}")
+                continue
+            armed.append(addr)
+        for addr in armed:
+            self.loader.set_armed(addr)
+            self.armed_addrs.add(addr)
+        if armed:
+            log(f"direct probes on {len(armed)} callback function(s) of '{patch}'")
+
+    def _report(self, f) -> None:
+        if f.kind == "violation":
+            self.violations += 1
+            log(f"VIOLATION {f.rule}: {f.message}")
+        elif f.kind == "unknown":
+            log(f"unknown: {f.message}")
+        else:
+            log(f"warning: {f.message}")
+
+    def run(self) -> int:
+        from exporters.tracewriter import TraceWriter
+        from .loader import Loader, SOURCE
+        from . import modsyms
+
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+        pending = []
+        t0 = time.monotonic()
+        self.inference: Inference | None = None
+        raw_before: list = []
+
+        def on_raw(r):
+            # events can only arrive after attach; the inference exists by then
+            if self.inference is None:
+                raw_before.append(r)
+            else:
+                self.inference.feed(r)
+
+        try:
+            loader = Loader(on_raw)
+        except Exception as e:    # bcc raises bare Exceptions: compile or load failure
+            msg = str(e).strip().splitlines()
+            log(f"BPF compile/load of {SOURCE} failed: {msg[-1] if msg else type(e).__name__} "
+                "(kernel headers matching `uname -r`? see the compiler output above)")
+            return xc.ATTACH_FAILED
+        log(f"BPF compiled and loaded in {time.monotonic() - t0:.1f}s")
+        probes = modsyms.TracefsProbes()
+        self.probes, self.loader, self.armed_addrs = probes, loader, set()
+        try:
+            probes.remove_stale()
+            preload = modsyms.Preload(self.preload_paths)
+            for w in preload.warnings:
+                log(f"warning: {w}")
+            state = kstate.state()
+            plan = make_plan(loader.attach, kfunc=loader.kfunc_support())
+            missing = plan.missing_required()
+            if len(missing) == len([r for r in plan.results if r.point.required]):
+                log("no probe could be attached to the livepatch core "
+                    "(see `klptrace probes`); is this kernel built with CONFIG_KPROBES?")
+                return xc.ATTACH_FAILED
+            for m in missing:
+                log(f"warning: point '{m}' not attached; its records will be missing")
+            for target in preload.targets():
+                err = probes.add(target, loader)
+                if err:
+                    log(f"warning: direct probe {target.module}:{target.symbol}: {err}")
+            header = ev.header(os.uname().release, state=state,
+                               observes=list(ev.CALLBACKS), probes=plan.to_json(),
+                               preload=sorted(preload.modules()), tracer="klptrace run")
+            self.writer = TraceWriter(self.trace_path, header)
+            self.engine = _engine(header)
+            self.preload_cover = preload.cover()
+            self.inference = Inference(self._sink, core_kinds=plan.core_kinds(),
+                                       preload_cover=self.preload_cover,
+                                       on_enable=self._attach_for_enabled,
+                                       active=[p for p in state["patches"]
+                                               if p["enabled"] or p["transition"]])
+            for r in raw_before:
+                self.inference.feed(r)
+            if self.verbose:
+                log("\n" + format_plan(plan))
+            if self.ready_file:
+                with open(self.ready_file, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+            log(f"tracing (ready after {time.monotonic() - t0:.1f}s); "
+                f"trace: {self.trace_path or 'stdout'}")
+            lost_seen = 0
+            while not self.stop:
+                loader.poll(POLL_MS)
+                lost = loader.lost()
+                if lost > lost_seen:
+                    self.inference.loss(time.monotonic_ns(), lost - lost_seen)
+                    lost_seen = lost
+            loader.drain()
+            lost = loader.lost()
+            if lost > lost_seen:
+                self.inference.loss(time.monotonic_ns(), lost - lost_seen)
+            self.inference.flush()
+            if self.engine is not None:
+                for f in self.engine.finish():
+                    self._report(f)
+            hits = loader.hits()
+            log(f"stopped: {self.records} records, {lost} lost, {self.violations} violations; "
+                f"probe hits {sum(hits)}")
+            if self.verbose:
+                log(f"hits per program slot: {hits}")
+            return 0
+        finally:
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
+            loader.detach_tracefs()
+            probes.remove_all()
+            loader.close()
+            if self.ready_file:
+                try:
+                    os.unlink(self.ready_file)
+                except OSError:
+                    pass

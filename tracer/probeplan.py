@@ -1,0 +1,230 @@
+"""The probe plan: which observation point is attached how on this kernel.
+
+The one module that probes kernel features and decides fallbacks. For every
+observation point it gathers what the kernel says (kallsyms,
+available_filter_functions, the kprobe blacklist, BTF, bcc's kfunc support)
+and then *tries*: a symbol in kallsyms is not proof (on 6.1
+klp_post_unpatch_callback is listed but refuses kprobes). The chain per point
+is fentry -> kprobe -> none; fentry is only reported (see FENTRY_NOTE), every
+point here is attached as a kprobe.
+
+``klptrace probes`` prints the plan; the daemon writes it into the trace
+header (``probes``) so a trace says how it was observed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+# Why fentry is not attached even where the kernel could: bcc binds an fentry
+# program to its function when the C is compiled, so each fallback attempt
+# would be another 10-20 s compile under TCG, and these functions run a few
+# times per livepatch operation, where a kprobe costs nothing measurable.
+FENTRY_NOTE = ("fentry not used: bcc binds fentry programs at compile time "
+               "(a compile per attempt); kprobes on these rarely-run functions cost the same")
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str           # what we observe
+    func: str           # kernel function
+    prog: str           # BPF program in bpf/klptrace.bpf.c
+    ret: bool = False   # kretprobe
+    required: bool = True
+    gives: str = ""     # what the point contributes to the evidence
+
+
+POINTS = (
+    Point("enable", "klp_enable_patch", "on_enable_patch",
+          gives="patch being enabled (for its return)"),
+    Point("enable-ret", "klp_enable_patch", "on_enable_patch_ret", ret=True,
+          gives="enable_failed and the ret of a failing pre_patch (inferred)"),
+    Point("init", "klp_init_transition", "on_init_transition",
+          gives="patch enable/disable, objects and registered callbacks, transition init"),
+    Point("patch-object", "klp_patch_object", "on_patch_object",
+          gives="pre_patch ran and returned 0 (post_unpatch_enabled set): inferred pre_patch"),
+    Point("patch-object-ret", "klp_patch_object", "on_patch_object_ret", ret=True,
+          gives="post_patch of a module coming while its patch is not in transition"),
+    Point("start", "klp_start_transition", "on_start_transition",
+          gives="transition start; pre_unpatch of patched objects when disabling"),
+    Point("complete", "klp_complete_transition", "on_complete_transition",
+          gives="transition complete; post_patch / post_unpatch (post_unpatch_enabled); replaced"),
+    Point("cancel", "klp_cancel_transition", "on_cancel_transition",
+          gives="transition cancel; which object's pre_patch failed"),
+    Point("reverse", "klp_reverse_transition", "on_reverse_transition",
+          gives="transition reverse (no pre_unpatch follows)"),
+    Point("force", "klp_force_transition", "on_force_transition", required=False,
+          gives="transition force"),
+    Point("module-coming", "klp_module_coming", "on_module_coming",
+          gives="module coming"),
+    Point("module-coming-ret", "klp_module_coming", "on_module_coming_ret", ret=True,
+          gives="module refused; ret of a pre_patch that failed for a loading module"),
+    Point("module-going", "klp_module_going", "on_module_going",
+          gives="module going"),
+    Point("module-going-ret", "klp_module_going", "on_module_going_ret", ret=True,
+          gives="end of a module-going cleanup"),
+    Point("unpatch-object", "klp_unpatch_object", "on_unpatch_object",
+          gives="pre_unpatch / post_unpatch of a module going or a refused load"),
+    Point("core-pre-patch", "klp_pre_patch_callback", "on_core_pre_patch", required=False,
+          gives="core evidence for pre_patch"),
+    Point("core-post-patch", "klp_post_patch_callback", "on_core_post_patch", required=False,
+          gives="core evidence for post_patch"),
+    Point("core-pre-unpatch", "klp_pre_unpatch_callback", "on_core_pre_unpatch", required=False,
+          gives="core evidence for pre_unpatch"),
+    Point("core-post-unpatch", "klp_post_unpatch_callback", "on_core_post_unpatch", required=False,
+          gives="core evidence for post_unpatch"),
+)
+
+CORE_INDEX = {"core-pre-patch": 0, "core-post-patch": 1, "core-pre-unpatch": 2,
+              "core-post-unpatch": 3}
+
+
+@dataclass
+class PointResult:
+    point: Point
+    in_kallsyms: bool = False
+    ftrace_ok: bool = False         # in available_filter_functions
+    blacklisted: bool = False
+    how: str = "none"               # kprobe | kretprobe | none
+    why: str = ""                   # why not attached, or fallback notes
+
+    def to_json(self) -> dict:
+        return {"point": self.point.name, "function": self.point.func, "how": self.how,
+                "kallsyms": self.in_kallsyms, "ftrace": self.ftrace_ok,
+                "blacklisted": self.blacklisted, "why": self.why}
+
+
+@dataclass
+class Plan:
+    kernel: str
+    btf: bool
+    kfunc: bool | None
+    results: list[PointResult] = field(default_factory=list)
+
+    def attached(self, name: str) -> bool:
+        return any(r.point.name == name and r.how != "none" for r in self.results)
+
+    def core_kinds(self) -> frozenset[int]:
+        return frozenset(i for n, i in CORE_INDEX.items() if self.attached(n))
+
+    def missing_required(self) -> list[str]:
+        return [r.point.name for r in self.results if r.point.required and r.how == "none"]
+
+    def to_json(self) -> dict:
+        return {"kernel": self.kernel, "btf": self.btf, "kfunc": self.kfunc,
+                "points": [r.to_json() for r in self.results],
+                "evidence": self.evidence()}
+
+    def evidence(self) -> dict[str, str]:
+        """Per callback kind: the best evidence this plan gives without --preload."""
+        out = {}
+        need = {"pre_patch": ("patch-object", "cancel", "module-coming-ret"),
+                "post_patch": ("complete", "patch-object-ret"),
+                "pre_unpatch": ("start", "unpatch-object"),
+                "post_unpatch": ("complete", "unpatch-object")}
+        for i, (cb, pts) in enumerate(need.items()):
+            if i in self.core_kinds():
+                out[cb] = "core"
+            elif all(self.attached(p) for p in pts):
+                out[cb] = "inferred"
+            else:
+                out[cb] = "partial: " + ", ".join(p for p in pts if not self.attached(p)) + " missing"
+        return out
+
+
+# --- what the kernel says ---------------------------------------------------
+
+def tracefs_dir() -> str | None:
+    for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.exists(os.path.join(d, "kprobe_events")):
+            return d
+    return None
+
+
+def read_kallsyms_text(funcs: set[str]) -> set[str]:
+    found = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in "tT" and parts[2] in funcs:
+                    found.add(parts[2])
+    except OSError:
+        pass
+    return found
+
+
+def read_filter_functions(funcs: set[str]) -> set[str]:
+    d = tracefs_dir()
+    found = set()
+    if d is None:
+        return found
+    try:
+        with open(os.path.join(d, "available_filter_functions")) as f:
+            for line in f:
+                name = line.split(" ", 1)[0].strip()
+                if name in funcs:
+                    found.add(name)
+    except OSError:
+        pass
+    return found
+
+
+def read_blacklist(funcs: set[str]) -> set[str]:
+    found = set()
+    for p in ("/sys/kernel/debug/kprobes/blacklist",):
+        try:
+            with open(p) as f:
+                for line in f:
+                    parts = line.split()
+                    if parts and parts[-1] in funcs:
+                        found.add(parts[-1])
+        except OSError:
+            pass
+    return found
+
+
+def kernel_facts(funcs: set[str]) -> tuple[set[str], set[str], set[str], bool]:
+    return (read_kallsyms_text(funcs), read_filter_functions(funcs), read_blacklist(funcs),
+            os.path.exists("/sys/kernel/btf/vmlinux"))
+
+
+def make_plan(attach, kfunc: bool | None = None) -> Plan:
+    """``attach(point) -> None | str``: tries to attach the point as a kprobe
+    (or kretprobe) and returns None on success, else the error text."""
+    funcs = {p.func for p in POINTS}
+    kall, ftr, black, btf = kernel_facts(funcs)
+    plan = Plan(kernel=os.uname().release, btf=btf, kfunc=kfunc)
+    for p in POINTS:
+        r = PointResult(p, in_kallsyms=p.func in kall, ftrace_ok=p.func in ftr,
+                        blacklisted=p.func in black)
+        if not r.in_kallsyms:
+            r.why = "not in kallsyms (inlined or absent)"
+        elif r.blacklisted:
+            r.why = "in the kprobe blacklist"
+        else:
+            err = attach(p)
+            if err is None:
+                r.how = "kretprobe" if p.ret else "kprobe"
+                r.why = "" if r.ftrace_ok else "not ftrace-able: int3 kprobe"
+            else:
+                r.why = f"kprobe refused: {err}"
+        plan.results.append(r)
+    return plan
+
+
+def format_plan(plan: Plan) -> str:
+    lines = [f"kernel {plan.kernel}: BTF {'yes' if plan.btf else 'no'}, "
+             f"bcc kfunc support {plan.kfunc}; {FENTRY_NOTE}", ""]
+    w = max(len(r.point.name) for r in plan.results)
+    for r in plan.results:
+        how = r.how if r.how != "none" else "NOT ATTACHED"
+        lines.append(f"  {r.point.name:<{w}}  {r.point.func:<26} {how:<12} "
+                     f"{r.why or r.point.gives}")
+    lines.append("")
+    lines.append("evidence per callback without --preload (with --preload: direct for the "
+                 "preloaded modules' callbacks):")
+    for cb, e in plan.evidence().items():
+        lines.append(f"  {cb:<13} {e}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""``klptrace run`` and ``klptrace probes``. Checks the preconditions in the
+order a user can fix them, each failure one line with its own exit code
+(tracer/exitcodes.py); bcc and the loader are imported inside the commands."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+
+import click
+
+from . import exitcodes as xc
+
+LOCK = "/run/klptrace.lock"
+
+
+def _fail(code: int, msg: str):
+    click.echo(f"klptrace: {msg}", err=True)
+    sys.exit(code)
+
+
+def _preflight() -> None:
+    if os.geteuid() != 0:
+        _fail(xc.NOT_ROOT, "must run as root (BPF and kprobes need CAP_SYS_ADMIN); run with sudo")
+    if not os.path.isdir("/sys/kernel/livepatch"):
+        _fail(xc.NO_LIVEPATCH, f"kernel {os.uname().release} has no livepatch "
+              "(/sys/kernel/livepatch missing: CONFIG_LIVEPATCH not set); nothing to trace")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        _fail(xc.NO_BCC, "bcc is not importable; install Debian's python3-bpfcc and run from "
+              "a venv made with --system-site-packages (make setup)")
+    rel = os.uname().release
+    if not os.path.isdir(f"/lib/modules/{rel}/build") and not os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        _fail(xc.NO_HEADERS, f"no kernel headers for {rel} (/lib/modules/{rel}/build missing); "
+              f"apt-get install linux-headers-{rel}")
+    from .probeplan import tracefs_dir
+    if tracefs_dir() is None:
+        os.system("mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null")
+
+
+def _lock():
+    try:
+        fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _fail(xc.ALREADY_RUNNING, f"another klptrace daemon is running (lock {LOCK} is held); "
+              "stop it first")
+    except OSError as e:
+        _fail(xc.NOT_ROOT, f"cannot open lock {LOCK}: {e.strerror}")
+    return fd
+
+
+@click.command()
+@click.option("--trace", "trace", type=click.Path(dir_okay=False), default=None,
+              help="Trace file to write (JSON Lines); default stdout.")
+@click.option("--preload", multiple=True, type=click.Path(exists=True),
+              help="Livepatch .ko (or a directory of them) to probe directly from its first "
+                   "callback on; repeatable.")
+@click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
+              help="Create this file once every probe is attached (removed at exit).")
+@click.option("-v", "--verbose", is_flag=True, help="Log the plan and every record.")
+def run(trace, preload, ready_file, verbose):
+    """Trace livepatch callbacks on this kernel until SIGINT/SIGTERM."""
+    _preflight()
+    # checked before the minute-long BPF compile, not after it
+    for what, path in (("--trace", trace), ("--ready-file", ready_file)):
+        if path and path != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            _fail(xc.BAD_INPUT, f"{what} {path}: directory {os.path.dirname(os.path.abspath(path))} "
+                  "does not exist")
+    lock = _lock()
+    from .daemon import Daemon
+    try:
+        code = Daemon(trace, list(preload), ready_file, verbose=verbose).run()
+    except OSError as e:
+        _fail(xc.BAD_INPUT, f"{e.filename or 'trace'}: {e.strerror}")
+    finally:
+        os.close(lock)
+    sys.exit(code)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def probes(as_json):
+    """Show how each observation point attaches on this kernel, and what that
+    means for the evidence of each callback kind."""
+    _preflight()
+    from .loader import Loader
+    from .probeplan import make_plan, format_plan
+    try:
+        loader = Loader(lambda r: None)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        _fail(xc.ATTACH_FAILED, f"BPF load failed: {msg[-1] if msg else type(e).__name__}")
+    try:
+        plan = make_plan(loader.attach, kfunc=loader.kfunc_support())
+    finally:
+        loader.close()
+    if as_json:
+        import json
+        click.echo(json.dumps(plan.to_json(), indent=2))
+    else:
+        click.echo(format_plan(plan))
+    if plan.missing_required():
+        sys.exit(xc.ATTACH_FAILED if len(plan.missing_required()) == len(
+            [r for r in plan.results if r.point.required]) else 0)
