@@ -134,6 +134,11 @@ class TraceWriter:
         the next record or at ``reopen_if_requested()``."""
         self._reopen_requested = True
 
+    @property
+    def reopen_requested(self) -> bool:
+        """A SIGHUP asked for a reopen that has not happened yet."""
+        return self._reopen_requested
+
     def reopen_if_requested(self) -> bool:
         if not self._reopen_requested:
             return False

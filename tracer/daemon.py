@@ -23,28 +23,58 @@ def log(msg: str) -> None:
     print(f"klptrace: {msg}", file=sys.stderr, flush=True)
 
 
-def _engine(header: dict):
-    try:
-        from .engine import Engine
-    except ImportError:          # the rule engine is another issue's; run without it
-        log("warning: tracer.engine not available, records are not judged online")
-        return None
-    return Engine(header)
+def _engine(header: dict, on_transition_done=None):
+    from .engine import Engine
+    return Engine(header, on_transition_done=on_transition_done)
 
 
 class Daemon:
     def __init__(self, trace: str | None, preload: list[str], ready_file: str | None,
-                 verbose: bool = False):
+                 verbose: bool = False, *, listen=None, tls_cert: str | None = None,
+                 tls_key: str | None = None, metrics_max_patches: int | None = None,
+                 trace_max_bytes: int | None = None, trace_keep: int | None = None):
         self.trace_path = trace
         self.preload_paths = preload
         self.ready_file = ready_file
         self.verbose = verbose
+        self.listen = listen                  # exporters.server.Listen, None = no metrics
+        self.tls = (tls_cert, tls_key)
+        self.metrics_max_patches = metrics_max_patches
+        self.trace_rotation = {"max_bytes": trace_max_bytes}
+        if trace_keep is not None:
+            self.trace_rotation["keep"] = trace_keep
         self.stop = False
         self.violations = 0
         self.records = 0
+        self.engine = None
+        self.plan = None
+        self.writer = None
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop = True
+
+    def _on_hup(self, _signum, _frame) -> None:
+        # logrotate (and the lab, per scenario): reopen the trace path; done
+        # in the loop after draining, so records before the signal stay in
+        # the old file (only a flag here: safe in a handler)
+        if self.writer is not None:
+            self.writer.request_reopen()
+
+    def _start_metrics(self):
+        """The endpoint binds before the long BPF compile, so a port in use
+        fails fast; it reports no probes until they are attached."""
+        if self.listen is None:
+            return None
+        from exporters import server as mserver
+        from exporters.metrics import DaemonMetrics, plan_probes
+        kw = {} if self.metrics_max_patches is None else {"max_patches": self.metrics_max_patches}
+        self.metrics = DaemonMetrics(lambda: self.engine.stats if self.engine else None,
+                                     livepatch_state=kstate.patches,
+                                     probes=lambda: plan_probes(self.plan) if self.plan else [],
+                                     kernel_release=os.uname().release, **kw)
+        srv = mserver.start(self.metrics, self.listen, certfile=self.tls[0], keyfile=self.tls[1])
+        log(f"metrics at {srv.url}")
+        return srv
 
     def _sink(self, rec: dict) -> None:
         self.writer.write(rec)
@@ -105,8 +135,14 @@ class Daemon:
         from .loader import Loader, SOURCE
         from . import modsyms
 
+        from exporters import sdnotify
+
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+        # installed before READY: `systemctl reload` sends HUP, and an
+        # unhandled HUP would kill the daemon
+        signal.signal(signal.SIGHUP, self._on_hup)
+        server = self._start_metrics()
 
         pending = []
         t0 = time.monotonic()
@@ -126,6 +162,8 @@ class Daemon:
             msg = str(e).strip().splitlines()
             log(f"BPF compile/load of {SOURCE} failed: {msg[-1] if msg else type(e).__name__} "
                 "(kernel headers matching `uname -r`? see the compiler output above)")
+            if server is not None:
+                server.close()
             return xc.ATTACH_FAILED
         log(f"BPF compiled and loaded in {time.monotonic() - t0:.1f}s")
         probes = modsyms.TracefsProbes()
@@ -136,7 +174,7 @@ class Daemon:
             for w in preload.warnings:
                 log(f"warning: {w}")
             state = kstate.state()
-            plan = make_plan(loader.attach, kfunc=loader.kfunc_support())
+            plan = self.plan = make_plan(loader.attach, kfunc=loader.kfunc_support())
             missing = plan.missing_required()
             if len(missing) == len([r for r in plan.results if r.point.required]):
                 log("no probe could be attached to the livepatch core "
@@ -151,8 +189,10 @@ class Daemon:
             header = ev.header(os.uname().release, state=state,
                                observes=list(ev.CALLBACKS), probes=plan.to_json(),
                                preload=sorted(preload.modules()), tracer="klptrace run")
-            self.writer = TraceWriter(self.trace_path, header)
-            self.engine = _engine(header)
+            self.writer = TraceWriter(self.trace_path, header, state_provider=kstate.state,
+                                      **self.trace_rotation)
+            metrics = getattr(self, "metrics", None)
+            self.engine = _engine(header, metrics.observe_transition if metrics else None)
             self.preload_cover = preload.cover()
             self.inference = Inference(self._sink, core_kinds=plan.core_kinds(),
                                        preload_cover=self.preload_cover,
@@ -166,6 +206,7 @@ class Daemon:
             if self.ready_file:
                 with open(self.ready_file, "w") as f:
                     f.write(f"{os.getpid()}\n")
+            sdnotify.ready("probes attached")
             log(f"tracing (ready after {time.monotonic() - t0:.1f}s); "
                 f"trace: {self.trace_path or 'stdout'}")
             lost_seen = 0
@@ -175,6 +216,11 @@ class Daemon:
                 if lost > lost_seen:
                     self.inference.loss(time.monotonic_ns(), lost - lost_seen)
                     lost_seen = lost
+                if self.writer.reopen_requested:
+                    loader.drain()       # what happened before the HUP: old file
+                    self.writer.reopen()
+                    log(f"trace reopened: {self.trace_path}")
+            sdnotify.stopping()
             loader.drain()
             lost = loader.lost()
             if lost > lost_seen:
@@ -190,6 +236,8 @@ class Daemon:
                 log(f"hits per program slot: {hits}")
             return 0
         finally:
+            if server is not None:
+                server.close()
             if getattr(self, "writer", None) is not None:
                 self.writer.close()
             loader.detach_tracefs()

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from exporters.options import exporter_options
+
 from . import exitcodes as xc
 
 LOCK = "/run/klptrace.lock"
@@ -61,8 +63,17 @@ def _lock():
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Create this file once every probe is attached (removed at exit).")
 @click.option("-v", "--verbose", is_flag=True, help="Log the plan and every record.")
-def run(trace, preload, ready_file, verbose):
-    """Trace livepatch callbacks on this kernel until SIGINT/SIGTERM."""
+@exporter_options
+def run(trace, preload, ready_file, verbose, listen, no_metrics, tls_cert, tls_key,
+        metrics_max_patches, trace_max_bytes, trace_keep):
+    """Trace livepatch callbacks on this kernel until SIGINT/SIGTERM; serve
+    Prometheus metrics; SIGHUP reopens the trace (logrotate)."""
+    from exporters.server import ExporterError, check_tls, parse_listen
+    try:   # bad options fail before anything else, with exit 2
+        where = None if no_metrics else parse_listen(listen)
+        check_tls(tls_cert, tls_key)
+    except ExporterError as e:
+        _fail(xc.BAD_INPUT, str(e))
     _preflight()
     # checked before the minute-long BPF compile, not after it
     for what, path in (("--trace", trace), ("--ready-file", ready_file)):
@@ -72,7 +83,12 @@ def run(trace, preload, ready_file, verbose):
     lock = _lock()
     from .daemon import Daemon
     try:
-        code = Daemon(trace, list(preload), ready_file, verbose=verbose).run()
+        code = Daemon(trace, list(preload), ready_file, verbose=verbose, listen=where,
+                      tls_cert=tls_cert, tls_key=tls_key,
+                      metrics_max_patches=metrics_max_patches,
+                      trace_max_bytes=trace_max_bytes, trace_keep=trace_keep).run()
+    except ExporterError as e:      # port in use etc.: before the OSError below
+        _fail(xc.BAD_INPUT, str(e))
     except OSError as e:
         _fail(xc.BAD_INPUT, f"{e.filename or 'trace'}: {e.strerror}")
     finally:

@@ -1,8 +1,8 @@
 """The tracer (`klptrace run`) against the lab's kernel-log ground truth.
 
-Each lab run boots one guest and runs every scenario with the tracer started
-before the scenario's steps (KLPT_TRACER_CMD hook of tracer/lab/runner.py) and
-stopped with SIGINT after them. For every scenario the tracer's callback
+Each lab run boots one guest and runs every scenario with one tracer started
+before the first scenario (tracer/lab/runner.py), its trace handed over per
+scenario with SIGHUP, stopped with SIGINT after the last. The tracer's callback
 records must equal the ground truth of the test modules' kernel log (same
 order, patch, object, callback, pre_patch return code), its transition and
 module records must be there, and the trace must validate clean.
@@ -133,3 +133,35 @@ def test_restart_with_patch_enabled_is_unknown_not_violation(quiet_and_restart):
     out = res[restart].output
     assert "validate-rc=0" in out, out
     assert "VIOLATION" not in out, out
+
+
+# --- the Prometheus endpoint, scraped for real in the guest --------------------
+
+def _samples(text: str, family: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == family:
+            for s in fam.samples:
+                if s.name == family + "_total" and s.value:
+                    out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def test_scrape_equals_the_traces_and_passes_promtool(traced_run, tmp_path):
+    """The daemon's /metrics, scraped over HTTP in the guest after the last
+    scenario, holds the same counts as `validate --textfile` of its traces."""
+    _, run = traced_run
+    scrape = (run.run_dir / "metrics.prom").read_text()
+    check = subprocess.run(["promtool", "check", "metrics"], input=scrape,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    textfile = tmp_path / "validate.prom"
+    paths = [str(r.trace_path) for r in run.results]
+    subprocess.run([str(KLPTRACE), "validate", "-q", "--textfile", str(textfile), *paths],
+                   check=True, capture_output=True)
+    offline = textfile.read_text()
+    for family in ("klptrace_callbacks", "klptrace_transitions", "klptrace_violations",
+                   "klptrace_lost_records"):
+        assert _samples(scrape, family) == _samples(offline, family), family
+    assert sum(_samples(scrape, "klptrace_callbacks").values()) > 50

@@ -1,6 +1,6 @@
 """The lab's hook for the tracer (issue 5), with a fake tracer: started in
 the guest before the scenario's steps, waited for through its ready file,
-given --preload for the lab's livepatches, stopped with SIGINT afterwards,
+given --preload for the lab's livepatches, handed the trace over with SIGHUP after it,
 leaving NAME.jsonl beside NAME.dmesg; the ground truth is unaffected."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.kernel
 FAKE = Path(__file__).with_name("fake_tracer.py")
 
 
-def test_tracer_started_ready_and_stopped_per_scenario(lab_means: None, lab_out_dir) -> None:
+def test_tracer_started_once_and_trace_handed_over_per_scenario(lab_means: None, lab_out_dir) -> None:
     kernel = os.environ.get("KLPT_KERNEL") or None
     out = lab_out_dir("tracer-hook")
     try:
@@ -30,10 +30,11 @@ def test_tracer_started_ready_and_stopped_per_scenario(lab_means: None, lab_out_
     r = run.result("target-not-present")
     if not r.ok:
         pytest.fail(r.report() + "\ntracer log:\n"
-                    + (out / "target-not-present.tracer.log").read_text(errors="replace"),
+                    + (out / "tracer.log").read_text(errors="replace"),
                     pytrace=False)
     assert r.tracer_rc == 0
+    assert (out / "tracer.rc").read_text().strip() == "0"   # stopped by SIGINT, cleanly
     record = json.loads(r.trace_path.read_text().splitlines()[0])
-    assert record["stopped_by"] == "SIGINT"
+    assert record["handed_over_by"] == "SIGHUP"
     assert [Path(p).name for p in record["preload"]] == ["klpt_lp.ko", "klpt_lp2.ko"]
     assert all(Path(p).exists() for p in record["preload"])

@@ -10,8 +10,14 @@
 #   NAME.dmesg         the kernel log of that scenario only
 #   NAME.steps.log     each step, its output and exit code
 #   NAME.status        "ok", or "failed: <why>" (the last line written)
-#   NAME.jsonl, NAME.tracer.log, NAME.tracer.rc   only with a tracer command
-# plus boot.dmesg (the log before the first scenario) and driver.log.
+#   NAME.jsonl, NAME.tracer.rc    only with a tracer command
+# plus boot.dmesg (the log before the first scenario) and driver.log, and with
+# a tracer tracer.log and tracer.rc (its exit code at the end).
+#
+# The tracer runs once for the whole boot (a bcc compile takes 30-90 s under
+# TCG: once per scenario would not fit CI's budget). Each scenario's trace is
+# handed over the way logrotate does it: rename the file, SIGHUP, and the
+# daemon drains what it has and reopens the path with a fresh header.
 #
 # Progress goes to stdout as "klpt-lab: ..." lines; the host watches them for
 # its boot and step time limits.
@@ -43,24 +49,25 @@ setup_kernel_logging() {
 }
 
 TRACER_PID=
-# start_tracer NAME: run the host-given tracer command in the background and
-# wait for it to create its ready file. Returns 1 (with a reason in
-# TRACER_ERROR) when it exits or is not ready in time.
+TRACE_NOW="$RUN_DIR/tracer-current.jsonl"
+# start_tracer: run the host-given tracer command in the background and wait
+# for it to create its ready file. Returns 1 (with a reason in TRACER_ERROR)
+# when it exits or is not ready in time.
 start_tracer() {
-	local name="$1" ready="$RUN_DIR/$1.tracer-ready" i=0
-	rm -f "$ready" "$RUN_DIR/$name.jsonl" "$RUN_DIR/$name.tracer.rc"
-	say "$name: starting tracer"
+	local ready="$RUN_DIR/tracer.ready" i=0
+	rm -f "$ready" "$TRACE_NOW" "$RUN_DIR/tracer.rc"
+	say "starting tracer"
 	# Job control: a background job of a non-interactive shell ignores SIGINT,
 	# and SIGINT is how the tracer is told to stop.
 	set -m
-	eval "exec $KLPT_TRACER_CMD --trace \"$RUN_DIR/$name.jsonl\" --ready-file \"$ready\"" \
-		> "$RUN_DIR/$name.tracer.log" 2>&1 &
+	eval "exec $KLPT_TRACER_CMD --trace \"$TRACE_NOW\" --ready-file \"$ready\"" \
+		> "$RUN_DIR/tracer.log" 2>&1 &
 	TRACER_PID=$!
 	set +m
 	while [[ ! -e $ready ]]; do
 		if ! kill -0 "$TRACER_PID" 2>/dev/null; then
-			wait "$TRACER_PID"; echo $? > "$RUN_DIR/$name.tracer.rc"
-			TRACER_ERROR="tracer exited (rc $(cat "$RUN_DIR/$name.tracer.rc")) before it was ready"
+			wait "$TRACER_PID"; echo $? > "$RUN_DIR/tracer.rc"
+			TRACER_ERROR="tracer exited (rc $(cat "$RUN_DIR/tracer.rc")) before it was ready"
 			TRACER_PID=
 			return 1
 		fi
@@ -70,26 +77,61 @@ start_tracer() {
 		fi
 		sleep 0.1
 	done
-	say "$name: tracer ready after $((i / 10))s"
+	say "tracer ready after $((i / 10))s"
 	return 0
 }
 
-# stop_tracer NAME: SIGINT, wait for it to flush and exit; SIGKILL if it hangs.
+# hand_over_trace NAME: the records so far become NAME.jsonl (rename + SIGHUP;
+# the tracer drains before reopening, and the new file's header is the sign
+# that it has). Returns 1 with TRACER_ERROR when the tracer is gone or slow.
+hand_over_trace() {
+	local name="$1" i=0
+	if [[ -z $TRACER_PID ]] || ! kill -0 "$TRACER_PID" 2>/dev/null; then
+		TRACER_ERROR="tracer is not running"
+		return 1
+	fi
+	# the BPF ring buffer is polled every 200 ms: let the last events arrive
+	sleep 0.5
+	mv "$TRACE_NOW" "$RUN_DIR/$name.jsonl"
+	kill -HUP "$TRACER_PID"
+	while [[ ! -s $TRACE_NOW ]]; do
+		if [[ $((i++)) -ge $((KLPT_TRACER_STOP_TIMEOUT * 10)) ]] || ! kill -0 "$TRACER_PID" 2>/dev/null; then
+			TRACER_ERROR="tracer did not reopen its trace after SIGHUP"
+			return 1
+		fi
+		sleep 0.1
+	done
+	echo 0 > "$RUN_DIR/$name.tracer.rc"
+}
+
+# scrape_metrics: one real HTTP scrape of the tracer's Prometheus endpoint
+# (its default address) into metrics.prom; the host checks it against the
+# traces. A tracer without an endpoint leaves no file.
+scrape_metrics() {
+	/usr/bin/python3 - "$RUN_DIR/metrics.prom" <<'PY' || say "no metrics scraped"
+import sys, urllib.request
+body = urllib.request.urlopen("http://127.0.0.1:19557/metrics", timeout=10).read()
+open(sys.argv[1], "wb").write(body)
+PY
+}
+
+# stop_tracer: SIGINT, wait for it to flush and exit; SIGKILL if it hangs.
 stop_tracer() {
-	local name="$1" i=0 rc
+	local i=0 rc
 	[[ -n $TRACER_PID ]] || return 0
 	# The whole job's process group, in case the command is a wrapper.
 	kill -INT -- "-$TRACER_PID" 2>/dev/null
 	while kill -0 "$TRACER_PID" 2>/dev/null; do
 		if [[ $((i++)) -ge $((KLPT_TRACER_STOP_TIMEOUT * 10)) ]]; then
-			say "$name: tracer did not exit on SIGINT; killing it"
+			say "tracer did not exit on SIGINT; killing it"
 			kill -KILL -- "-$TRACER_PID" 2>/dev/null
 			break
 		fi
 		sleep 0.1
 	done
 	wait "$TRACER_PID"; rc=$?
-	echo "$rc" > "$RUN_DIR/$name.tracer.rc"
+	echo "$rc" > "$RUN_DIR/tracer.rc"
+	say "tracer stopped (rc $rc)"
 	TRACER_PID=
 }
 
@@ -119,18 +161,19 @@ run_scenario() {
 	reset_livepatch_state || say "$name: warning: state not clean before start"
 	dmesg -C
 	klog "===== scenario $name ====="
-	TRACER_ERROR=
-	if [[ -n $KLPT_TRACER_CMD ]] && ! start_tracer "$name"; then
+	if [[ -n $KLPT_TRACER_CMD && -n $TRACER_ERROR ]]; then
 		status="failed: $TRACER_ERROR"
 	fi
 	if ! run_steps "$name"; then
 		status="failed: $(grep '^FAILED' "$RUN_DIR/$name.steps.log" | tail -1 | cut -c8-)"
 		status+=" ($(grep '^ERROR' "$RUN_DIR/$name.steps.log" | tail -1))"
 	fi
-	[[ -n $KLPT_TRACER_CMD ]] && stop_tracer "$name"
 	klog "===== end of scenario $name ====="
 	dmesg > "$RUN_DIR/$name.dmesg"
 	reset_livepatch_state || { [[ $status == ok ]] && status="failed: cleanup left livepatch state behind"; }
+	if [[ -n $KLPT_TRACER_CMD && -z $TRACER_ERROR ]] && ! hand_over_trace "$name"; then
+		[[ $status == ok ]] && status="failed: $TRACER_ERROR"
+	fi
 	echo "$status" > "$RUN_DIR/$name.status"
 	say "$name: end $status ($((SECONDS - t0))s)"
 }
@@ -139,10 +182,19 @@ main() {
 	say "driver started on $(uname -r)"
 	dmesg > "$RUN_DIR/boot.dmesg"
 	setup_kernel_logging
+	TRACER_ERROR=
+	if [[ -n $KLPT_TRACER_CMD ]]; then
+		reset_livepatch_state
+		start_tracer || say "tracer failed: $TRACER_ERROR"
+	fi
 	local name
 	for name in "${KLPT_SCENARIOS[@]}"; do
 		run_scenario "$name"
 	done
+	if [[ -n $KLPT_TRACER_CMD ]]; then
+		scrape_metrics
+		stop_tracer
+	fi
 	say "driver done"
 }
 

@@ -4,10 +4,12 @@ modules, write the guest's plan, boot ONE guest that runs every scenario
 status and compare the callback ground truth with the expected sequence.
 
 Hook for the tracer: with tracer_cmd, the guest driver starts
-`TRACER_CMD [--preload KO]... --trace RUN/NAME.jsonl --ready-file RUN/NAME.tracer-ready`
-before each scenario's steps, waits (up to TRACER_READY_TIMEOUT) for the ready
-file, and stops it with SIGINT after the steps, so each scenario leaves
-NAME.jsonl beside NAME.dmesg."""
+`TRACER_CMD [--preload KO]... --trace RUN/tracer-current.jsonl --ready-file RUN/tracer.ready`
+once, before the first scenario, and waits (up to TRACER_READY_TIMEOUT) for the
+ready file. After each scenario it hands the trace over as logrotate would
+(rename to NAME.jsonl, SIGHUP, wait for the reopened file), so each scenario
+leaves NAME.jsonl beside NAME.dmesg; after the last, SIGINT stops the tracer
+(its exit code in tracer.rc, its log in tracer.log)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ BOOT_TIMEOUT = 300          # boot to the driver's first line (TCG, maybe a busy
 SCENARIO_TIMEOUT = 300      # one scenario's steps + cleanup
 SHUTDOWN_TIMEOUT = 120      # driver done to qemu gone
 STEP_TIMEOUT = 60           # each wait inside a guest step
-TRACER_READY_TIMEOUT = 120  # bcc compiles slowly under TCG
+TRACER_READY_TIMEOUT = 300  # bcc compiles in 30-90 s under TCG, more when the host is busy
 TRACER_STOP_TIMEOUT = 60
 DMESG_TAIL = 40
 
@@ -161,6 +163,8 @@ class ScenarioWatchdog:
         self.progress(f"lab: [{now - self.t0:5.0f}s] {msg}")
         if msg.startswith("driver started"):
             self.phase, self.deadline = "driver", now + SCENARIO_TIMEOUT
+        elif msg == "starting tracer":
+            self.phase, self.deadline = "tracer start", now + TRACER_READY_TIMEOUT + 30
         elif msg.endswith(": begin"):
             self.phase = "scenario " + msg[: -len(": begin")]
             self.deadline, self.last_step = now + self.scenario_timeout, ""
@@ -271,7 +275,7 @@ def run_scenarios(kernel: str | Kernel | None = None, only: str | list[str] | No
 
     progress(f"lab: booting {kernel.release} under TCG for {len(chosen)} scenario(s)"
              + (" with tracer" if tracer_line else ""))
-    per_scenario = SCENARIO_TIMEOUT + (TRACER_READY_TIMEOUT + TRACER_STOP_TIMEOUT if tracer_line else 0)
+    per_scenario = SCENARIO_TIMEOUT + (2 * TRACER_STOP_TIMEOUT if tracer_line else 0)
     watchdog = ScenarioWatchdog(progress, per_scenario)
     t = time.monotonic()
     driver = run_dir / "guest" / "guest_driver.sh"
