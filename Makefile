@@ -4,15 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KERNEL ?=
 
-.PHONY: setup demo test test-unit test-kernel bench lab-6.12 docs check-docs clean
+.PHONY: setup demo test test-unit test-kernel bench stress lab-6.12 docs check-docs clean
 
 setup:
 	bash scripts/setup.sh
 
-# Main job: validate the shipped example traces (the tracer issue turns this into
-# the live demo in the lab VM).
+# Main job: boot the lab VM (a Debian kernel under TCG), run `klptrace run` in it
+# while the eleven callback scenarios run, show each event stream and verdict.
 demo: setup
-	$(VENV)/bin/klptrace validate examples/*.jsonl
+	$(VENV)/bin/klptrace lab demo --out lab-out/demo
 
 # Unit tests and the kernel lab tests (real kernels in a VM); fails on any failure.
 test: setup
@@ -30,6 +30,13 @@ lab-6.12: setup
 
 bench: setup
 	$(PY) -m tests.bench.bench_validate
+	$(PY) -m tests.bench.bench_lab
+
+# The long stress and fault suite (issue 7): 200 storm cycles, the kill -9/restart
+# faults, and 5000 fuzz examples of `klptrace validate`. The short suite is in `make test`.
+stress: setup
+	KLPT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/unit/test_fuzz_validate.py
+	KLPT_STRESS_CYCLES=200 KLPT_STRESS_FULL=1 $(PY) -m pytest -q -m kernel tests/stress
 
 docs: setup
 	$(PY) -m tracer.docgen

@@ -89,3 +89,74 @@ def shell(kernel: str | None) -> None:
         sys.exit(vm.shell(k, rwdirs=(stage,), cwd=stage))
     except LabError as e:
         _fail(e)
+
+
+def _describe(rec: dict) -> str:
+    """One line per record for the demo's event stream."""
+    t = rec["type"]
+    if t == "callback":
+        ret = f" ret={rec['ret']}" if "ret" in rec else ""
+        return (f"callback   {rec['patch']}/{rec['object']} {rec['callback']}{ret} "
+                f"[{rec.get('evidence', '?')}]")
+    if t == "transition":
+        return f"transition {rec['patch']} {rec['event']} -> {rec['target']}"
+    if t == "patch":
+        extra = " (replace)" if rec.get("replace") else ""
+        objs = ", ".join(o["name"] for o in rec.get("objects", []))
+        return f"patch      {rec['patch']} {rec['event']}{extra}{' [' + objs + ']' if objs else ''}"
+    if t == "module":
+        return f"module     {rec['module']} {rec['event']}"
+    if t == "loss":
+        return f"LOSS       {rec['count']} records lost"
+    return f"{t} {rec}"
+
+
+@lab.command()
+@click.option("--kernel", "kernel", envvar="KLPT_KERNEL", default=None, help=_KERNEL_HELP)
+@click.option("--only", default=None, metavar="NAME[,NAME...]",
+              help="Run only these scenarios: " + ", ".join(NAMES))
+@click.option("--out", "out_dir", default="lab-out/demo", show_default=True,
+              type=click.Path(file_okay=False), help="Where traces and kernel logs are left.")
+@click.option("--preload/--no-preload", default=False,
+              help="Tell the daemon about the lab's livepatches (every callback `direct`).")
+def demo(kernel: str | None, only: str | None, out_dir: str, preload: bool) -> None:
+    """The main job, end to end: boot the lab VM, run `klptrace run` there while
+    the callback scenarios run, show each scenario's event stream and verdict."""
+    import json
+    import os
+
+    from ..report import format_finding
+    from ..validate_cmd import validate_file
+    from .runner import run_scenarios
+
+    klptrace = os.path.join(os.path.dirname(sys.executable), "klptrace")
+    try:
+        run = run_scenarios(kernel=kernel, only=only, out_dir=Path(out_dir),
+                            tracer_cmd=f"{klptrace} run", preload=preload)
+    except LabError as e:
+        _fail(e)
+        return
+    violations = 0
+    for r in run.results:
+        click.echo(f"\n=== {r.name}: {r.scenario.about}")
+        if not r.trace_path.exists():
+            click.echo("  (no trace: the tracer did not run)")
+            continue
+        with open(r.trace_path) as f:
+            next(f, None)
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    click.echo(f"  {rec['seq']:>4} {_describe(rec)}")
+        res = validate_file(str(r.trace_path))
+        n = res.count("violation")
+        violations += n
+        gt = "matches" if r.matches else "DIFFERS from"
+        click.echo(f"  verdict: {n} violation(s), {res.count('unknown')} unknown; "
+                   f"kernel-log ground truth {gt} the expected sequence")
+        for f in res.findings:
+            click.echo(format_finding(f))
+    click.echo("\n" + run.summary())
+    click.echo(f"traces, kernel logs and the daemon's scraped metrics are in {out_dir}/")
+    if not run.ok or violations:
+        sys.exit(exitcodes.LAB_FAILED if not run.ok else exitcodes.VIOLATIONS)
