@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,8 @@ def test_restart_with_patch_enabled_is_unknown_not_violation(quiet_and_restart):
     out = res[restart].output
     assert "validate-rc=0" in out, out
     assert "VIOLATION" not in out, out
+    # the cycle that began before the daemon is judged, explicitly, unknown
+    assert re.search(r'"unknown": [1-9]', out), out
 
 
 # --- the Prometheus endpoint, scraped for real in the guest --------------------
