@@ -203,6 +203,7 @@ class Daemon:
                 self.inference.feed(r)
             if self.verbose:
                 log("\n" + format_plan(plan))
+            loader.free_compiler_memory()   # the compiler is not needed again
             if self.ready_file:
                 with open(self.ready_file, "w") as f:
                     f.write(f"{os.getpid()}\n")

@@ -225,6 +225,8 @@ class Engine:
         st = self.modules.get(mod)
         if st is None:
             return None if not self.modules_known else False
+        if st == "going":
+            return None
         return st == "loaded"
 
     def _live_patches(self):
@@ -333,6 +335,8 @@ class Engine:
                         f"{cb} of '{pname}'/{oname} while module '{oname}' is not loaded",
                         oname, [ref])
         window = self.windows.get(oname) if oname != ev.VMLINUX else None
+        if window is None and self.modules.get(oname) == "going":
+            window = {"event": "going", "ref": ref, "owed": []}   # see _close_module_window
         getattr(self, "_cb_" + cb)(ps, obj, rec, ref, window, out)
         obj.ran[cb] = ref
 
@@ -561,10 +565,14 @@ class Engine:
                 if cb == ev.POST_PATCH and o.armed:
                     o.post_patched = True   # the post-patch step has passed
         else:
-            self._module_gone(mod)
+            # The `going` record is klp_module_going's entry, which may still wait
+            # for klp_mutex while an enable patches the module (its klp_alive is
+            # still set): until it comes again, the module is "going", neither
+            # judged loaded nor unloaded, and its callbacks are cleanup callbacks.
+            self._module_gone(mod, "going")
 
-    def _module_gone(self, mod: str) -> None:
-        self.modules[mod] = "unloaded"
+    def _module_gone(self, mod: str, state: str = "unloaded") -> None:
+        self.modules[mod] = state
         for ps in self.patches.values():
             o = ps.objects.get(mod)
             if o is not None:

@@ -51,6 +51,12 @@ class Inference:
                                                   for o in p.get("objects", [])}}
         self.transition_patch: str | None = None     # klp_transition_patch
         self.target: str | None = None               # klp_target_state
+        for p in active or []:
+            if p.get("transition"):
+                # started mid-transition: the BPF side never saw its init, so the
+                # events that finish it carry no patch name; sysfs has it
+                self.transition_patch = p["name"]
+                self.target = "patched" if p.get("enabled") else "unpatched"
         self.reversed = False                        # the next start follows a reverse
         self.window: dict[tuple[str, str, str], str] = {}
         self.held: list[dict] | None = None          # records waiting for a return value
@@ -121,6 +127,8 @@ class Inference:
     def feed(self, r: rw.Raw) -> None:
         handler = self._HANDLERS.get(r.kind)
         if handler is not None:
+            if not r.patch and self.transition_patch and r.kind in self._TRANSITION_KINDS:
+                r.patch = self.transition_patch
             handler(self, r)
 
     @staticmethod
@@ -325,3 +333,6 @@ class Inference:
         rw.DIRECT_RET: _on_direct_ret,
         rw.CORE: _on_core,
     }
+    # events of the transition in progress (klp_transition_patch)
+    _TRANSITION_KINDS = frozenset((rw.START_TRANSITION, rw.CANCEL, rw.COMPLETE, rw.REVERSE,
+                                   rw.FORCE))

@@ -17,6 +17,25 @@ SOURCE = BPF_DIR / "klptrace.bpf.c"
 
 
 class Loader:
+    def free_compiler_memory(self) -> None:
+        """Once every program is loaded and attached: give back clang's freed
+        heap (malloc_trim) and drop LLVM/clang's file-backed code pages
+        (MADV_DONTNEED; they fault back in from the file if ever run again).
+        bcc's own free_bcc_memory() does not reach Debian's separately linked
+        LLVM, and destroying the BPF module would close the maps we read.
+        Measured in the lab guest: 130 MB after compile -> 75 -> 32 MB."""
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.malloc_trim(0)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        MADV_DONTNEED = 4
+        with open("/proc/self/maps") as f:
+            for line in f:
+                p = line.split()
+                if len(p) >= 6 and "x" in p[1] and any(
+                        n in p[5] for n in ("libLLVM", "libclang", "libbcc")):
+                    lo, hi = (int(x, 16) for x in p[0].split("-"))
+                    libc.madvise(lo, hi - lo, MADV_DONTNEED)
+
     def __init__(self, on_event):
         from bcc import BPF  # the one bcc import; tracer.runcmd maps ImportError to NO_BCC
         self._BPF = BPF

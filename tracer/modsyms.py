@@ -209,9 +209,16 @@ class TracefsProbes:
     def ours(self) -> list[str]:
         if self.dir is None:
             return []
+        # "p:GROUP/NAME ..." but also "r10:GROUP/NAME ..." (a return probe's
+        # maxactive): split at the colon, never at a fixed offset
+        out = []
         with open(os.path.join(self.dir, "kprobe_events")) as f:
-            return [line.split()[0].split(":", 1)[1] for line in f
-                    if line.split() and line.split()[0][2:].startswith(GROUP + "/")]
+            for line in f:
+                if line.split():
+                    event = line.split()[0].partition(":")[2]
+                    if event.startswith(GROUP + "/"):
+                        out.append(event)
+        return out
 
     def error_log(self) -> str:
         """The kernel's reason for the last refused probe definition."""

@@ -121,3 +121,25 @@ def test_trace_cut_before_post_callbacks_is_a_warning_not_violation():
     i = next(i for i, r in enumerate(records) if is_tr(r, "complete", "patched"))
     found = judge(header, records[:i + 1])
     assert found and all(f.kind == "warning" for f in found)
+
+
+def test_enable_racing_with_a_module_unload_is_not_a_violation():
+    """Seen in the stress suite: `rmmod klpt_mod` has entered klp_module_going
+    (the `going` record) but waits for klp_mutex while klpt_lp is enabled; the
+    kernel still patches the module (state GOING), then its going cleanup runs
+    post_unpatch."""
+    from tracebuild import lp
+    from tracer import events as ev
+    d = lp()
+    objs = [{"name": n, "callbacks": c} for n, c in d.objects]
+    recs = [ev.module(0, 0, "klpt_mod", "going"),
+            ev.patch_enable(0, 0, LP, objs),
+            ev.transition(0, 0, LP, "init", "patched"),
+            cb(LP, "vmlinux", "pre_patch", 0), cb(LP, "klpt_mod", "pre_patch", 0),
+            ev.transition(0, 0, LP, "start", "patched"),
+            cb(LP, "klpt_mod", "post_unpatch"),
+            ev.transition(0, 0, LP, "complete", "patched"),
+            cb(LP, "vmlinux", "post_patch")]
+    header = ev.header("k", state={"patches": [], "modules": ["klpt_mod"]})
+    found = judge(header, recs)
+    assert [f for f in found if f.kind == "violation"] == []
