@@ -16,13 +16,13 @@ demo: setup
 
 # Unit tests and the kernel lab tests (real kernels in a VM); fails on any failure.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not stress"
 
 test-unit: setup
 	$(PY) -m pytest -q -m "not kernel"
 
 test-kernel: setup
-	$(PY) -m pytest -q -m kernel
+	$(PY) -m pytest -q -m "kernel and not stress"
 
 # The lab scenarios on the 6.12 kernel from bookworm-backports.
 lab-6.12: setup
@@ -36,7 +36,7 @@ bench: setup
 # faults, and 5000 fuzz examples of `klptrace validate`. The short suite is in `make test`.
 stress: setup
 	KLPT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/unit/test_fuzz_validate.py
-	KLPT_STRESS_CYCLES=200 KLPT_STRESS_FULL=1 $(PY) -m pytest -q -m kernel tests/stress
+	KLPT_STRESS_CYCLES=200 KLPT_STRESS_FULL=1 $(PY) -m pytest -q tests/stress
 
 docs: setup
 	$(PY) -m tracer.docgen
