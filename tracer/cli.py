@@ -1,12 +1,15 @@
 """The `klptrace` command line: one click group, each subcommand in the module
-that owns its job (validate here; run/probes in tracer.runcmd; lab in
-tracer.lab.cli). Heavy imports (bcc) happen inside the commands, never here."""
+that owns its job (validate in tracer.validate_cmd, run/probes in
+tracer.runcmd, lab in tracer.lab.cli). Heavy imports (bcc) happen inside the
+commands, never here."""
 
 from __future__ import annotations
 
 import click
 
 from . import __version__
+from .lab.cli import lab
+from .runcmd import probes, run
 from .validate_cmd import validate
 
 
@@ -16,23 +19,8 @@ def cli() -> None:
     """Observe and validate Linux livepatch (un)patch callbacks."""
 
 
-cli.add_command(validate)
-
-
-def _add_optional(modname: str, names: tuple[str, ...]) -> None:
-    import importlib
-    try:
-        mod = importlib.import_module(modname, __package__)
-    except ImportError as e:  # a module of a later issue not written yet
-        if e.name and e.name.endswith(modname.lstrip(".")):
-            return
-        raise
-    for n in names:
-        cli.add_command(getattr(mod, n))
-
-
-_add_optional(".runcmd", ("run", "probes"))
-_add_optional(".lab.cli", ("lab",))
+for _cmd in (validate, run, probes, lab):
+    cli.add_command(_cmd)
 
 
 def main() -> None:
