@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from guestout import parse  # noqa: E402
 KLP = ROOT / ".venv" / "bin" / "klptrace"
 
 ROUNDS = int(os.environ.get("KLPT_BENCH_ROUNDS", "3"))
@@ -111,27 +114,6 @@ rss run2 events
 echo "@@records_run2=$(wc -l < /run/run2.jsonl)"
 stop_daemon run2
 """
-
-
-def parse(out: str) -> dict:
-    got: dict[str, str] = {}
-    lines = out.splitlines()
-    i = 0
-    while i < len(lines):
-        m = re.match(r"^@@(\w+)<<$", lines[i])
-        if m:
-            body = []
-            i += 1
-            while i < len(lines) and lines[i] != "@@>>":
-                body.append(lines[i])
-                i += 1
-            got[m.group(1)] = "\n".join(body)
-        else:
-            kv = re.match(r"^@@(\w+)=(.*)$", lines[i])
-            if kv:
-                got[kv.group(1)] = kv.group(2)
-        i += 1
-    return got
 
 
 def _series(got: dict, prefix: str) -> list[float]:

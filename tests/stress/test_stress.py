@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from guestout import parse
+
 pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,33 +164,6 @@ def survive_cmd(klp: str) -> str:
         "echo \"@@loss_records=$(grep -c '\"loss\"' /run/b.jsonl)\"; "
         "echo \"@@storm_records=$(wc -l < /run/b.jsonl)\"; "
         + _json_block("storm", f"{klp} validate --format json /run/b.jsonl; echo \"@@rc_storm=$?\""))
-
-
-def parse(out: str) -> dict:
-    """@@key=value lines, and @@key<< ... @@>> blocks."""
-    got: dict[str, str] = {}
-    lines = out.splitlines()
-    i = 0
-    while i < len(lines):
-        m = re.match(r"^@@(\w+)<<$", lines[i])
-        if m:
-            body = []
-            i += 1
-            while i < len(lines) and lines[i] != "@@>>":
-                # an @@key=value line inside a block (the rc after a json report)
-                kv = re.match(r"^@@(\w+)=(.*)$", lines[i])
-                if kv:
-                    got[kv.group(1)] = kv.group(2)
-                else:
-                    body.append(lines[i])
-                i += 1
-            got[m.group(1)] = "\n".join(body)
-        else:
-            kv = re.match(r"^@@(\w+)=(.*)$", lines[i])
-            if kv:
-                got[kv.group(1)] = kv.group(2)
-        i += 1
-    return got
 
 
 @pytest.fixture(scope="module")
