@@ -149,6 +149,9 @@ class Engine:
         self._unknown_said: set = set()
         self._last_ref = (0, 0)
         self._cancel_ref = None
+        self._by_callback = {ev.PRE_PATCH: self._cb_pre_patch, ev.POST_PATCH: self._cb_post_patch,
+                             ev.PRE_UNPATCH: self._cb_pre_unpatch,
+                             ev.POST_UNPATCH: self._cb_post_unpatch}
         self._load_state(header.get("state"))
 
     # --- start state ----------------------------------------------------------
@@ -235,10 +238,11 @@ class Engine:
     # --- the record stream ----------------------------------------------------
 
     def feed(self, rec: dict) -> list[Finding]:
+        # the validator's hot path (docs/benchmarks.md): no helper calls here
         self.stats.records += 1
-        self._last_ref = _ref(rec)
+        self._last_ref = (rec["seq"], rec["ts_ns"])
         out: list[Finding] = []
-        t = rec.get("type")
+        t = rec["type"]
         if t == "callback":
             self._callback(rec, out)
         elif t == "transition":
@@ -299,14 +303,15 @@ class Engine:
 
     def _callback(self, rec: dict, out: list) -> None:
         pname, oname, cb = rec["patch"], rec["object"], rec["callback"]
-        ret = rec.get("ret")
         if cb == ev.PRE_PATCH:
+            ret = rec.get("ret")
             result = "unknown" if ret is None else ("ok" if ret == 0 else "error")
         else:
             result = "void"
-        self.stats.bump(self.stats.callbacks,
-                        (pname, oname, cb, result, rec.get("evidence") or "direct"))
-        ref = _ref(rec)
+        counts = self.stats.callbacks
+        key = (pname, oname, cb, result, rec.get("evidence") or "direct")
+        counts[key] = counts.get(key, 0) + 1
+        ref = self._last_ref
         ps = self.patches.get(pname)
         if ps is None:
             # Never enabled in this trace, and not enabled when it began.
@@ -337,7 +342,7 @@ class Engine:
         window = self.windows.get(oname) if oname != ev.VMLINUX else None
         if window is None and self.modules.get(oname) == "going":
             window = {"event": "going", "ref": ref, "owed": []}   # see _close_module_window
-        getattr(self, "_cb_" + cb)(ps, obj, rec, ref, window, out)
+        self._by_callback[cb](ps, obj, rec, ref, window, out)
         obj.ran[cb] = ref
 
     def _cb_pre_patch(self, ps, obj, rec, ref, window, out):
@@ -477,13 +482,14 @@ class Engine:
     def _close_windows(self, out: list, rec: dict) -> None:
         """A record that needs klp_mutex closes the completion and module windows:
         what they owed must have run by now."""
-        ref = _ref(rec)
+        ref = (rec["seq"], rec["ts_ns"])
         if self.completion is not None:
             ps = self.completion
             self.completion = None
             self._end_completion(ps, out, ref)
-        for mod in list(self.windows):
-            self._close_module_window(mod, out, ref)
+        if self.windows:
+            for mod in list(self.windows):
+                self._close_module_window(mod, out, ref)
 
     def _end_completion(self, ps: PatchState, out: list, ref) -> None:
         start = ps.completion_ref
