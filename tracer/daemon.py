@@ -23,6 +23,18 @@ def log(msg: str) -> None:
     print(f"klptrace: {msg}", file=sys.stderr, flush=True)
 
 
+def _rss_mb() -> float:
+    """This process's resident memory (VmRSS), for the start-up log line."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _engine(header: dict, on_transition_done=None):
     from .engine import Engine
     return Engine(header, on_transition_done=on_transition_done)
@@ -203,7 +215,9 @@ class Daemon:
                 self.inference.feed(r)
             if self.verbose:
                 log("\n" + format_plan(plan))
+            rss_before = _rss_mb()
             loader.free_compiler_memory()   # the compiler is not needed again
+            log(f"compiler memory given back: VmRSS {rss_before:.1f} -> {_rss_mb():.1f} MB")
             if self.ready_file:
                 with open(self.ready_file, "w") as f:
                     f.write(f"{os.getpid()}\n")

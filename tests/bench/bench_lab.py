@@ -16,7 +16,8 @@ cycles of klpt_lp + klpt_lp2 + klpt_mod load/unload before the last RSS reading,
 (ii)  livepatch operations: insmod klpt_lp -> transition 0 ("enable") and
       echo 0 > enabled -> sysfs dir gone ("disable"), R times without the
       daemon, then R times with the daemon running (run 2).
-(iii) daemon start: launch -> ready file (both runs), VmRSS/VmHWM after attach
+(iii) daemon start: launch -> ready file (both runs); VmRSS right before and
+      after the daemon frees bcc's compiler memory (its log line); VmRSS/VmHWM after attach
       and after KLPT_BENCH_EVENTS cycles (run 2); then, in the same boot,
       tests/bench/guest_bccmem.py: what of the RSS after the BPF compile
       malloc_trim and madvise of bcc's/LLVM's text give back.
@@ -57,6 +58,8 @@ start_daemon() {   # NAME: start, wait for readiness, print start time and RSS
 	for i in $(seq 1 3600); do [ -e /run/$1.ready ] && break; sleep 0.05; done
 	[ -e /run/$1.ready ] || { cat /run/$1.log; exit 97; }
 	echo "@@start_s_$1=$(dt $t0 $(now))"
+	# the daemon's own reading right before and after it frees the compiler
+	echo "@@freed_$1=$(grep -o 'VmRSS [0-9.]* -> [0-9.]* MB' /run/$1.log)"
 	rss $1 attach
 }
 rss() {   # NAME WHEN
@@ -158,6 +161,7 @@ def main() -> int:
     base = _series(got, "wl_base1_") + _series(got, "wl_base2_")
     traced = _series(got, "wl_traced_")
     hits = re.search(r"probe hits (\d+)", got.get("log_run1", ""))
+    freed = [re.findall(r"[0-9.]+", got.get(f"freed_run{i}", "")) for i in (1, 2)]
     en_b, en_t = _series(got, "enable_s_base_"), _series(got, "enable_s_traced_")
     dis_b, dis_t = _series(got, "disable_s_base_"), _series(got, "disable_s_traced_")
     stopped2 = re.search(r"stopped: .*", got.get("log_run2", ""))
@@ -174,6 +178,9 @@ def main() -> int:
         "disable_ratio": med(dis_t) / med(dis_b),
         "start_s": [float(got["start_s_run1"]), float(got["start_s_run2"])],
         "rss_mb_attach": [mb("rss_kb_run1_attach"), mb("rss_kb_run2_attach")],
+        # the daemon's log: VmRSS right before / after free_compiler_memory()
+        "rss_mb_before_free": [float(f[0]) for f in freed if f],
+        "rss_mb_after_free": [float(f[1]) for f in freed if f],
         "hwm_mb_attach": [mb("hwm_kb_run1_attach"), mb("hwm_kb_run2_attach")],
         "rss_mb_events": mb("rss_kb_run2_events"), "hwm_mb_events": mb("hwm_kb_run2_events"),
         "events_cycles": EVENTS, "events_s": float(got["events_s"]),
@@ -195,6 +202,9 @@ def main() -> int:
         ("disable -> unpatched, s (median)", f"{med(dis_b):.2f} / {med(dis_t):.2f}",
          f"without / with; ratio {fig['disable_ratio']:.3f} (target <= 1.05)"),
         ("daemon start to ready, s", f2(fig["start_s"]), "run 1 (cold) / run 2"),
+        ("VmRSS before freeing the compiler, MB", f2(fig["rss_mb_before_free"]),
+         "daemon log, run 1 / run 2"),
+        ("VmRSS after freeing it, MB", f2(fig["rss_mb_after_free"]), "daemon log"),
         ("VmRSS after attach, MB", f2(fig["rss_mb_attach"]),
          f"VmHWM {f2(fig['hwm_mb_attach'])}; target <= 60"),
         (f"VmRSS after {EVENTS} cycles, MB", f"{fig['rss_mb_events']:.2f}",

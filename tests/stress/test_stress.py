@@ -135,12 +135,15 @@ storm_cycle() {
 	unload_lp klpt_lp
 	unload_mod klpt_mod
 }
+rss() { echo "@@rss_kb_b_$1=$(awk '/^VmRSS/ {print $2}' /proc/$(cat /run/b.pid)/status)"; }
+rss before_storm
 t0=$(date +%s.%N)
 for i in $(seq 1 CYCLES); do
 	( storm_cycle $i ) || { echo "@@storm_failed_cycle=$i"; reset_livepatch_state; break; }
 	kill -0 $(cat /run/b.pid) 2>/dev/null || { echo "@@daemon_died_cycle=$i"; break; }
 done
 echo "@@storm_done=$i"
+rss after_storm
 echo "@@storm_s=$(awk "BEGIN {print $(date +%s.%N) - $t0}")"
 """
 
