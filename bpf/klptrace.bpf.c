@@ -18,7 +18,10 @@
 #include <linux/livepatch.h>
 #include "klptrace.h"
 
-BPF_RINGBUF_OUTPUT(events, 64);                 /* 64 pages */
+#ifndef KLPT_RING_PAGES
+#define KLPT_RING_PAGES 64                      /* klptrace run --ring-pages */
+#endif
+BPF_RINGBUF_OUTPUT(events, KLPT_RING_PAGES);    /* a power of two of pages */
 BPF_ARRAY(lost, u64, 1);                        /* failed ring buffer reservations */
 BPF_ARRAY(hits, u64, KLPT_HIT_SLOTS);            /* per-program hit counters */
 BPF_ARRAY(cur_patch, u64, 1);                   /* klp_transition_patch, seen at klp_init_transition */
@@ -61,15 +64,16 @@ static __always_inline u32 tid(void)
 
 static __always_inline struct klpt_event *new_event(u32 kind)
 {
+	int zero = 0;
+	u64 *v = lost.lookup(&zero);
 	struct klpt_event *e = events.ringbuf_reserve(sizeof(struct klpt_event));
 	if (!e) {
-		int zero = 0;
-		u64 *v = lost.lookup(&zero);
 		if (v)
 			lock_xadd(v, 1);
 		return NULL;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
+	e->lost = v ? *v : 0;   /* read after the reservation: every earlier loss is in it */
 	e->ts_ns = bpf_ktime_get_ns();
 	e->kind = kind;
 	e->pid = tid();

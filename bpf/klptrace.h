@@ -54,6 +54,9 @@ struct klpt_event {
 	unsigned long long ts_ns;       /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	unsigned long long ip;          /* KLPT_DIRECT*: the probed address */
 	long long arg;                  /* state / ret / callback index, per kind */
+	unsigned long long lost;        /* `lost` counter when this event was reserved: an
+	                                   increase since the previous event is a gap
+	                                   right before this one */
 	unsigned int kind;
 	unsigned int pid;
 	unsigned int ctx;               /* KLPT_CTX_* of the current task */

@@ -44,8 +44,10 @@ class Daemon:
     def __init__(self, trace: str | None, preload: list[str], ready_file: str | None,
                  verbose: bool = False, *, listen=None, tls_cert: str | None = None,
                  tls_key: str | None = None, metrics_max_patches: int | None = None,
-                 trace_max_bytes: int | None = None, trace_keep: int | None = None):
+                 trace_max_bytes: int | None = None, trace_keep: int | None = None,
+                 ring_pages: int = 64):
         self.trace_path = trace
+        self.ring_pages = ring_pages
         self.preload_paths = preload
         self.ready_file = ready_file
         self.verbose = verbose
@@ -96,6 +98,22 @@ class Daemon:
         if self.engine is not None:
             for f in self.engine.feed(rec):
                 self._report(f)
+
+    def _feed_raw(self, r) -> None:
+        """Each event carries the BPF `lost` counter as it was when the event
+        was reserved: an increase means records were lost right before it, so
+        the `loss` record goes exactly there, not wherever the poll loop
+        happens to notice it."""
+        if r.lost > self.lost_seen:
+            self.inference.loss(r.ts_ns, r.lost - self.lost_seen)
+            self.lost_seen = r.lost
+        self.inference.feed(r)
+
+    def _check_lost(self, lost: int) -> None:
+        """Losses after the last event read (no later event carries them)."""
+        if lost > self.lost_seen:
+            self.inference.loss(time.monotonic_ns(), lost - self.lost_seen)
+            self.lost_seen = lost
 
     def _attach_for_enabled(self, patch: str, objs) -> None:
         """A patch not preloaded was just enabled: probe its callback functions
@@ -161,15 +179,17 @@ class Daemon:
         self.inference: Inference | None = None
         raw_before: list = []
 
+        self.lost_seen = 0
+
         def on_raw(r):
             # events can only arrive after attach; the inference exists by then
             if self.inference is None:
                 raw_before.append(r)
             else:
-                self.inference.feed(r)
+                self._feed_raw(r)
 
         try:
-            loader = Loader(on_raw)
+            loader = Loader(on_raw, ring_pages=self.ring_pages)
         except Exception as e:    # bcc raises bare Exceptions: compile or load failure
             msg = str(e).strip().splitlines()
             log(f"BPF compile/load of {SOURCE} failed: {msg[-1] if msg else type(e).__name__} "
@@ -212,7 +232,7 @@ class Daemon:
                                        active=[p for p in state["patches"]
                                                if p["enabled"] or p["transition"]])
             for r in raw_before:
-                self.inference.feed(r)
+                self._feed_raw(r)
             if self.verbose:
                 log("\n" + format_plan(plan))
             rss_before = _rss_mb()
@@ -224,13 +244,9 @@ class Daemon:
             sdnotify.ready("probes attached")
             log(f"tracing (ready after {time.monotonic() - t0:.1f}s); "
                 f"trace: {self.trace_path or 'stdout'}")
-            lost_seen = 0
             while not self.stop:
                 loader.poll(POLL_MS)
-                lost = loader.lost()
-                if lost > lost_seen:
-                    self.inference.loss(time.monotonic_ns(), lost - lost_seen)
-                    lost_seen = lost
+                self._check_lost(loader.lost())
                 if self.writer.reopen_requested:
                     loader.drain()       # what happened before the HUP: old file
                     self.writer.reopen()
@@ -238,8 +254,7 @@ class Daemon:
             sdnotify.stopping()
             loader.drain()
             lost = loader.lost()
-            if lost > lost_seen:
-                self.inference.loss(time.monotonic_ns(), lost - lost_seen)
+            self._check_lost(lost)
             self.inference.flush()
             if self.engine is not None:
                 for f in self.engine.finish():

@@ -149,6 +149,7 @@ class Engine:
         self._unknown_said: set = set()
         self._last_ref = (0, 0)
         self._cancel_ref = None
+        self.gap = False                     # records were lost somewhere before
         self._by_callback = {ev.PRE_PATCH: self._cb_pre_patch, ev.POST_PATCH: self._cb_post_patch,
                              ev.PRE_UNPATCH: self._cb_pre_unpatch,
                              ev.POST_UNPATCH: self._cb_post_unpatch}
@@ -315,7 +316,9 @@ class Engine:
         ps = self.patches.get(pname)
         if ps is None:
             # Never enabled in this trace, and not enabled when it began.
-            if self.modules_known or self.patches:
+            if self.gap:      # its enable may be among the lost records
+                self._unknown_once(out, pname, "records were lost before it", ref)
+            elif self.modules_known or self.patches:
                 self._judge(out, None, "KLP-LOAD-002",
                             f"{cb} of '{pname}'/{oname}: that livepatch was never enabled "
                             "in this trace", oname, [ref])
@@ -756,9 +759,10 @@ class Engine:
         out.append(Finding(UNKNOWN, f"{n} record(s) lost before this point: patches "
                            "enabled now are not judged until their cycles end",
                            None, None, None, [_ref(rec)]))
+        # every patch: one not enabled now may have been enabled in the gap
         for ps in self.patches.values():
-            if ps.enabled:
-                ps.uncertain = "records were lost"
+            ps.uncertain = "records were lost"
+        self.gap = True
         # what modules did in the gap is unknown too
         self.windows.clear()
         self.modules = {}

@@ -89,6 +89,10 @@ class Inference:
         self._flush()
 
     def loss(self, ts_ns: int, count: int) -> None:
+        """Records were lost right here. What was held back for a return value
+        goes out first, as it is: that return may be among the lost events."""
+        self.flush()
+        self.coming = None
         self._emit(ev.loss(0, ts_ns, count))
 
     # --- the one place callbacks are reported -------------------------------------

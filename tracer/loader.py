@@ -14,6 +14,9 @@ from .probeplan import Point
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "klptrace.bpf.c"
+# ring buffer size in pages (a power of two). An event is about 1 KiB, so the
+# default holds ~270 events: a livepatch operation writes tens.
+DEFAULT_RING_PAGES = 64
 
 
 class Loader:
@@ -36,11 +39,12 @@ class Loader:
                     lo, hi = (int(x, 16) for x in p[0].split("-"))
                     libc.madvise(lo, hi - lo, MADV_DONTNEED)
 
-    def __init__(self, on_event):
+    def __init__(self, on_event, ring_pages: int = DEFAULT_RING_PAGES):
         from bcc import BPF  # the one bcc import; tracer.runcmd maps ImportError to NO_BCC
         self._BPF = BPF
         self.bpf = BPF(src_file=str(SOURCE).encode(),
-                       cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+                       cflags=[f"-I{BPF_DIR}", "-Wno-unused-function",
+                               f"-DKLPT_RING_PAGES={int(ring_pages)}"])
         self._on_event = on_event
         snap = self.bpf["snap"]   # the tail-called snapshot programs (see klptrace.bpf.c)
         for i, name in enumerate(("do_snap_patch", "do_snap_obj")):

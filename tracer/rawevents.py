@@ -53,6 +53,7 @@ class CEvent(ctypes.Structure):
     _fields_ = [("ts_ns", ctypes.c_uint64),
                 ("ip", ctypes.c_uint64),
                 ("arg", ctypes.c_int64),
+                ("lost", ctypes.c_uint64),
                 ("kind", ctypes.c_uint32),
                 ("pid", ctypes.c_uint32),
                 ("ctx", ctypes.c_uint32),
@@ -89,6 +90,7 @@ class Raw:
     replace: bool = False
     objs: list[Obj] = field(default_factory=list)
     truncated: bool = False          # the patch has more objects than MAX_OBJS
+    lost: int = 0                    # BPF `lost` counter when the event was reserved
 
 
 def _s(b: bytes) -> str:
@@ -110,4 +112,4 @@ def decode(data) -> Raw:
                         dynamic=bool(o.dynamic), armed=tuple(bool(a) for a in o.armed)))
     return Raw(kind=ev.kind, ts_ns=ev.ts_ns, patch=_s(ev.patch), module=_s(ev.module),
                arg=int(ev.arg), ip=ev.ip, pid=ev.pid, ctx=ev.ctx, replace=bool(ev.replace),
-               objs=objs, truncated=ev.nobjs_total > ev.nobjs)
+               objs=objs, truncated=ev.nobjs_total > ev.nobjs, lost=ev.lost)

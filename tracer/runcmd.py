@@ -54,6 +54,13 @@ def _lock():
     return fd
 
 
+def _power_of_two(_ctx, _param, value: int) -> int:
+    if value < 1 or value > 65536 or value & (value - 1):
+        raise click.BadParameter(f"{value} is not a power of two between 1 and 65536 "
+                                 "(the kernel's BPF ring buffer needs one)")
+    return value
+
+
 @click.command()
 @click.option("--trace", "trace", type=click.Path(dir_okay=False), default=None,
               help="Trace file to write (JSON Lines); default stdout.")
@@ -62,9 +69,12 @@ def _lock():
                    "callback on; repeatable.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Create this file once every probe is attached (removed at exit).")
+@click.option("--ring-pages", type=int, default=64, show_default=True, callback=_power_of_two,
+              help="BPF ring buffer size in pages (a power of two; an event is ~1 KiB). "
+                   "Every record a full buffer drops is counted and written as a `loss` record.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the plan and every record.")
 @exporter_options
-def run(trace, preload, ready_file, verbose, listen, no_metrics, tls_cert, tls_key,
+def run(trace, preload, ready_file, ring_pages, verbose, listen, no_metrics, tls_cert, tls_key,
         metrics_max_patches, trace_max_bytes, trace_keep):
     """Trace livepatch callbacks on this kernel until SIGINT/SIGTERM; serve
     Prometheus metrics; SIGHUP reopens the trace (logrotate)."""
@@ -86,7 +96,8 @@ def run(trace, preload, ready_file, verbose, listen, no_metrics, tls_cert, tls_k
         code = Daemon(trace, list(preload), ready_file, verbose=verbose, listen=where,
                       tls_cert=tls_cert, tls_key=tls_key,
                       metrics_max_patches=metrics_max_patches,
-                      trace_max_bytes=trace_max_bytes, trace_keep=trace_keep).run()
+                      trace_max_bytes=trace_max_bytes, trace_keep=trace_keep,
+                      ring_pages=ring_pages).run()
     except ExporterError as e:      # port in use etc.: before the OSError below
         _fail(xc.BAD_INPUT, str(e))
     except OSError as e:

@@ -21,6 +21,12 @@ ONE guest boot (module fixture `stress_run`) runs, in order:
    times; B still runs and still traces a later cycle. B is stopped with SIGINT:
    its exit log says 0 lost and 0 violations, its storm trace validates with exit
    0 and holds no `loss` record.
+5. undersized ring buffer: daemon C runs with `--ring-pages 1` (4 events). It
+   is stopped (SIGSTOP) for one cycle, so records are lost for certain, then
+   continued for a second cycle. Every loss is counted (exit log), surfaced
+   as `loss` records whose counts add up to it and as the
+   klptrace_lost_records_total metric (a real scrape), and `klptrace validate`
+   of C's trace says `unknown`, never a violation (exit 0).
 
 Each guest command prints `@@key=value` lines the tests below read.
 """
@@ -58,6 +64,12 @@ _START = ("rm -f /run/klpt-{name}.ready; {klp} run --ready-file /run/klpt-{name}
 _STOP = ("kill -INT $(cat /run/{name}.pid); while kill -0 $(cat /run/{name}.pid) 2>/dev/null; "
          "do sleep 0.2; done; echo '@@log_{name}<<'; cat /run/{name}.log; echo '@@>>'")
 _PROBES = "grep -c '^[pr][0-9]*:klptrace/' /sys/kernel/tracing/kprobe_events"
+_START_C = _START.replace(" run --ready-file", " run --ring-pages 1 --ready-file")
+_CYCLE = ("load_mod klpt_mod; load_lp klpt_lp; load_lp klpt_lp2; disable_lp klpt_lp2; "
+          "unload_lp klpt_lp2; disable_lp klpt_lp; unload_lp klpt_lp; unload_mod klpt_mod; ")
+_SCRAPE_LOST = ("python3 -c \"import urllib.request as u, re; t = u.urlopen("
+                "'http://127.0.0.1:19557/metrics').read().decode(); "
+                "print(re.search(r'^klptrace_lost_records_total (\\\\S+)', t, re.M).group(1))\"")
 
 
 def _prefix(staged: Path) -> str:
@@ -167,6 +179,18 @@ def survive_cmd(klp: str) -> str:
         + _json_block("storm", f"{klp} validate --format json /run/b.jsonl; echo \"@@rc_storm=$?\""))
 
 
+def undersized_cmd(klp: str) -> str:
+    return (
+        _START_C.format(klp=klp, name="c") + "; "
+        "kill -STOP $(cat /run/c.pid); " + _CYCLE + "kill -CONT $(cat /run/c.pid); "
+        + _CYCLE + "sleep 2; "
+        f"echo \"@@lost_metric=$({_SCRAPE_LOST})\"; "
+        + _STOP.format(name="c") + "; "
+        "echo \"@@loss_counts=$(grep '\"loss\"' /run/c.jsonl | "
+        "grep -o '\"count\": *[0-9]*' | grep -o '[0-9]*$' | paste -sd+)\"; "
+        + _json_block("c", f"{klp} validate --format json /run/c.jsonl; echo \"@@rc_c=$?\""))
+
+
 @pytest.fixture(scope="module")
 def stress_run(tmp_path_factory, request):
     if os.geteuid() != 0:
@@ -180,7 +204,8 @@ def stress_run(tmp_path_factory, request):
     cmds = {"fault" if FAULT else "start": pre + first,
             "second": pre + SECOND.format(klp=klp),
             "storm": pre + storm_cmd(CYCLES),
-            "survive": pre + survive_cmd(klp)}
+            "survive": pre + survive_cmd(klp),
+            "undersized": pre + undersized_cmd(klp)}
     results, dmesg = vm.run_commands(kernel, list(cmds.values()),
                                      timeout=900 + 20 * CYCLES)   # a cycle: 10-12 s under TCG
     by_cmd = {r.command: r for r in results}
@@ -264,3 +289,20 @@ def test_daemon_survives_probed_modules_removed(stress_run):
     assert got.get("alive") == "1", out["survive"]
     assert int(got.get("later_transitions", "0")) >= 2, out["survive"]
     assert got.get("probes_after_stop") == "0", out["survive"]
+
+
+def test_undersized_ring_counts_every_loss(stress_run):
+    got, out = stress_run
+    m = re.search(r"stopped: (\d+) records, (\d+) lost, (\d+) violations", got.get("log_c", ""))
+    assert m, out["undersized"]
+    lost = int(m.group(2))
+    assert lost > 0, out["undersized"]          # stopped for a whole cycle: it must lose
+    assert m.group(3) == "0", got["log_c"]
+    # every loss is in the trace, at its place, as `loss` records
+    assert sum(int(n) for n in got["loss_counts"].split("+")) == lost, out["undersized"]
+    # and in the metric, scraped while C ran (after both cycles)
+    assert float(got["lost_metric"]) == lost, out["undersized"]
+    doc = _jsonv(got, "c")
+    assert doc["violations"] == 0, got["json_c"]
+    assert doc["unknown"] >= 1, got["json_c"]
+    assert got["rc_c"] == "0", got["json_c"]

@@ -137,4 +137,40 @@ def test_ctypes_layout_matches_header():
         assert int(re.search(rf"#define {name}\s+(\d+)", h).group(1)) == val
     import ctypes
     assert ctypes.sizeof(rw.CObj) == 56 + 32 + 8
-    assert ctypes.sizeof(rw.CEvent) == 8 * 3 + 4 * 6 + 56 * 2 + 8 * ctypes.sizeof(rw.CObj)
+    assert ctypes.sizeof(rw.CEvent) == 8 * 4 + 4 * 6 + 56 * 2 + 8 * ctypes.sizeof(rw.CObj)
+
+
+def test_loss_goes_out_after_what_was_held():
+    """A record held for a return value that may be among the lost events goes
+    out as it is, before the `loss` record: the trace keeps the kernel's order."""
+    out = []
+    inf = Inference(out.append)
+    inf.feed(raw(rw.MODULE_COMING, module="m"))
+    # held until klp_module_coming returns (a failing pre_patch is known only then)
+    inf.feed(raw(rw.PATCH_OBJECT, obj("m", pue=True), ctx=rw.CTX_COMING))
+    assert [r["type"] for r in out] == ["module"]
+    inf.loss(5, 3)
+    assert [r["type"] for r in out] == ["module", "callback", "loss"]
+    assert out[2]["count"] == 3 and inf.held is None and inf.coming is None
+
+
+def test_daemon_places_loss_before_the_first_event_after_the_gap():
+    from tracer.daemon import Daemon
+    d = Daemon(None, [], None)
+    seen = []
+
+    class Inf:
+        def loss(self, ts, n):
+            seen.append(("loss", ts, n))
+
+        def feed(self, r):
+            seen.append(("event", r.ts_ns))
+
+    d.inference, d.lost_seen = Inf(), 0
+    d._feed_raw(rw.Raw(rw.MODULE_GOING, 10, module="m"))
+    d._feed_raw(rw.Raw(rw.MODULE_GOING, 20, module="m", lost=4))
+    d._feed_raw(rw.Raw(rw.MODULE_GOING, 30, module="m", lost=4))
+    d._check_lost(4)                # nothing new at the poll
+    d._check_lost(6)                # lost after the last event
+    assert seen[:4] == [("event", 10), ("loss", 20, 4), ("event", 20), ("event", 30)]
+    assert seen[4][0] == "loss" and seen[4][2] == 2 and len(seen) == 5

@@ -110,3 +110,21 @@ def test_a_dropped_callback_is_caught(lc, data):
     i = data.draw(st.sampled_from(cand))
     found = judge(m.header, rs[:i] + rs[i + 1:])
     assert any(f.kind == "violation" for f in found), (rs[i], rs)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lifecycles, st.data())
+def test_lost_records_are_unknown_never_a_violation(lc, data):
+    """Issue 7: an undersized ring buffer loses records. Whatever run of
+    records is lost, and wherever, the `loss` record in its place makes the
+    engine say `unknown`, never `violation`."""
+    defs, ops, loaded = lc
+    m = play(defs, ops, loaded)
+    rs = m.records
+    assume(rs)
+    i = data.draw(st.integers(0, len(rs) - 1))
+    j = data.draw(st.integers(i, len(rs)))
+    lossy = rs[:i] + [{"type": "loss", "count": max(1, j - i)}] + rs[j:]
+    found = judge(m.header, lossy)
+    assert not [f for f in found if f.kind == "violation"], (i, j, found, rs)
+    assert any(f.kind == "unknown" for f in found)
