@@ -26,8 +26,15 @@ class Loader:
         (MADV_DONTNEED; they fault back in from the file if ever run again).
         bcc's own free_bcc_memory() does not reach Debian's separately linked
         LLVM, and destroying the BPF module would close the maps we read.
-        Measured in the lab guest: 130 MB after compile -> 75 -> 32 MB."""
+        Measured in the lab guest: 130 MB after compile -> 75 -> 32 MB
+        (docs/benchmarks.md)."""
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        # Without this, khugepaged (THP "always") collapses the trimmed heap's
+        # holes back into huge pages within a minute: measured 55 -> 110 MB
+        # idle, growing 15 MB per 10 s (its default scan rate). The daemon
+        # gains nothing from huge pages.
+        PR_SET_THP_DISABLE = 41
+        libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
         libc.malloc_trim(0)
         libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         MADV_DONTNEED = 4
