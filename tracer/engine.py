@@ -75,12 +75,13 @@ class ObjState:
     post_patched: bool = False           # post_patch ran, pre_unpatch now owed
     failed: bool = False                 # pre_patch failed in this cycle
     ran: dict = field(default_factory=dict)  # callback -> (seq, ts) in this cycle
+    unsure: bool = False                 # a step passed while its module's state was unknown
 
     def registers(self, cb: str) -> bool:
         return self.callbacks is None or cb in self.callbacks
 
     def reset(self) -> None:
-        self.armed = self.post_patched = self.failed = False
+        self.armed = self.post_patched = self.failed = self.unsure = False
         self.ran = {}
 
 
@@ -197,6 +198,17 @@ class Engine:
         """A broken rule is a violation unless the patch's history is unknown
         (lost records, began before the trace): then it is `unknown`, once."""
         pname = ps.name if ps else None
+        o = ps.objects.get(obj) if ps is not None and obj is not None else None
+        if ps is not None and not ps.uncertain and o is not None and o.unsure:
+            # only this object's history is in doubt (its module's state was
+            # unknown, after lost records): unknown, once per rule
+            key = (pname, obj, rule)
+            if key not in self._unknown_said:
+                self._unknown_said.add(key)
+                self.stats.unknown += 1
+                out.append(Finding(UNKNOWN, f"not judged (module '{obj}' state unknown): "
+                                   f"{message}", rule, pname, obj, refs))
+            return
         if ps is not None and ps.uncertain:
             key = (pname, obj, rule)
             if key in self._unknown_said:
@@ -232,6 +244,15 @@ class Engine:
         if st == "going":
             return None
         return st == "loaded"
+
+    def _maybe_loaded(self, o: ObjState) -> bool:
+        """For a step that patches (or not) o's module: False only if it is known
+        not to be loaded. Taken as loaded when not known (after lost records),
+        and then o's later findings are `unknown`, never violations."""
+        loaded = self._loaded(o.name)
+        if loaded is None:
+            o.unsure = True
+        return loaded is not False
 
     def _live_patches(self):
         return [p for p in self.patches.values() if p.enabled]
@@ -501,7 +522,7 @@ class Engine:
                          "when its patching transition completed", [start, ref],
                          need=lambda o: o.armed)
             for o in ps.objects.values():      # the post-patch step has passed
-                if o.armed and self._loaded(o.name):
+                if o.armed and self._maybe_loaded(o):
                     o.post_patched = True
             ps.phase, ps.target = "patched", None
         else:
@@ -628,7 +649,7 @@ class Engine:
                     self._expect(out, ps, ps.objects.values(), ev.PRE_PATCH,
                                  "before its patching transition started", [init, ref])
                 for o in ps.objects.values():   # objects without pre_patch patch too
-                    if not o.failed and self._loaded(o.name) and not o.registers(ev.PRE_PATCH):
+                    if not o.failed and not o.registers(ev.PRE_PATCH) and self._maybe_loaded(o):
                         o.armed = True
                 ps.phase = "patching"
             else:
@@ -659,7 +680,7 @@ class Engine:
                              "before the failing object's pre_patch",
                              [ps.init_ref or ref, ref])
                 for o in before:     # patched without a pre_patch of their own
-                    if not o.registers(ev.PRE_PATCH) and self._loaded(o.name):
+                    if not o.registers(ev.PRE_PATCH) and self._maybe_loaded(o):
                         o.armed = True
             ps.cancelled = True
             ps.target = "unpatched"
