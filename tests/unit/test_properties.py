@@ -2,6 +2,8 @@
 no violation and no unknown; the same lifecycles with one callback record
 copied or dropped are caught."""
 
+import os
+
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -112,7 +114,9 @@ def test_a_dropped_callback_is_caught(lc, data):
     assert any(f.kind == "violation" for f in found), (rs[i], rs)
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `make stress` runs this one with KLPT_LOSS_EXAMPLES=20000
+@settings(max_examples=int(os.environ.get("KLPT_LOSS_EXAMPLES", "500")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(lifecycles, st.data())
 def test_lost_records_are_unknown_never_a_violation(lc, data):
     """Issue 7: an undersized ring buffer loses records. Whatever run of
