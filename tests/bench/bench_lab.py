@@ -4,9 +4,9 @@ ratios measured side by side mean something.
 
     .venv/bin/python -m tests.bench.bench_lab        # make bench (after bench_validate)
 
-Env: KLPT_KERNEL (lab kernel), KLPT_BENCH_ROUNDS (workload rounds per side, 3),
+Env: KLPT_KERNEL (lab kernel), KLPT_BENCH_ROUNDS (workload rounds per side, 5),
 KLPT_BENCH_ITER (workload iterations a round, 3000: about 200/s under TCG), KLPT_BENCH_LP_ROUNDS
-(livepatch enable/disable timings per side, 3), KLPT_BENCH_EVENTS (enable/disable
+(livepatch enable/disable timings per side, 7), KLPT_BENCH_EVENTS (enable/disable
 cycles of klpt_lp + klpt_lp2 + klpt_mod load/unload before the last RSS reading, 10).
 
 (i)   overhead outside livepatch: tests/bench/guest_workload.py (getpid, stat,
@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from guestout import parse  # noqa: E402
 KLP = ROOT / ".venv" / "bin" / "klptrace"
 
-ROUNDS = int(os.environ.get("KLPT_BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("KLPT_BENCH_ROUNDS", "5"))
 ITER = int(os.environ.get("KLPT_BENCH_ITER", "3000"))
-LP_ROUNDS = int(os.environ.get("KLPT_BENCH_LP_ROUNDS", "3"))
+LP_ROUNDS = int(os.environ.get("KLPT_BENCH_LP_ROUNDS", "7"))
 EVENTS = int(os.environ.get("KLPT_BENCH_EVENTS", "10"))
 
 _HELPERS = r"""

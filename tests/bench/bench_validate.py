@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -66,17 +65,21 @@ def bench(n: int) -> dict:
         path = Path(d) / f"bench-{n}.jsonl"
         records = write_trace(path, n)
         size = path.stat().st_size
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        t0 = time.perf_counter()
-        p = subprocess.run([str(REPO / ".venv/bin/klptrace"), "validate", "-q", str(path)],
-                           capture_output=True, text=True)
-        secs = time.perf_counter() - t0
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        if p.returncode != 0:
-            raise SystemExit(f"validate exited {p.returncode}: {p.stdout[-500:]}{p.stderr[-500:]}")
+        with open(Path(d) / "out", "w+") as out:
+            t0 = time.perf_counter()
+            p = subprocess.Popen([str(REPO / ".venv/bin/klptrace"), "validate", "-q",
+                                  str(path)], stdout=out, stderr=subprocess.STDOUT)
+            # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the
+            # max over every child so far, hiding whether memory grows with n)
+            _, status, usage = os.wait4(p.pid, 0)
+            secs = time.perf_counter() - t0
+            p.returncode = rc = os.waitstatus_to_exitcode(status)
+            if rc != 0:
+                out.seek(0)
+                raise SystemExit(f"validate exited {rc}: {out.read()[-1000:]}")
     return {"records": records, "bytes": size, "seconds": round(secs, 2),
             "records_per_second": int(records / secs),
-            "peak_rss_mib": round(max(peak_kib, before) / 1024, 1)}
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
 def main(argv: list[str]) -> None:
