@@ -5,21 +5,36 @@ ratios measured side by side mean something.
     .venv/bin/python -m tests.bench.bench_lab        # make bench (after bench_validate)
 
 Env: KLPT_KERNEL (lab kernel), KLPT_BENCH_ROUNDS (workload rounds per side, 5),
-KLPT_BENCH_ITER (workload iterations a round, 3000: about 200/s under TCG), KLPT_BENCH_LP_ROUNDS
+KLPT_BENCH_ITER (workload iterations a round, 3000: 200-800/s under TCG), KLPT_BENCH_LP_ROUNDS
 (livepatch enable/disable timings per side, 7), KLPT_BENCH_EVENTS (enable/disable
 cycles of klpt_lp + klpt_lp2 + klpt_mod load/unload before the last RSS reading, 10).
 
+Why two designs side by side: under TCG a round's speed drifts by 2-4x over
+minutes (the host's CPU, not the guest), and a daemon start takes 90-200 s, so
+"without, then with, then without" compares rounds minutes apart. The paired
+design keeps the daemon running and switches every kprobe in the kernel off and
+on between rounds (/sys/kernel/debug/kprobes/enabled, the kernel's own switch:
+every probe the daemon has, bcc's and the tracefs ones, are kprobes), in ABBA
+order so a linear drift cancels. Disarmed, the daemon sees nothing of a round,
+so a livepatch cycle run then is simply absent from its trace (it still
+validates). The daemon's own CPU time while it idles (/proc/PID/stat) is the
+cost the switch leaves out.
+
 (i)   overhead outside livepatch: tests/bench/guest_workload.py (getpid, stat,
-      pipe ping-pong with a child) in rounds: R without the daemon, R with the
-      daemon attached (run 1), R without again; the daemon is then stopped and
-      its exit log's probe hit count covers exactly that period (target 0).
-(ii)  livepatch operations: insmod klpt_lp -> transition 0 ("enable") and
-      echo 0 > enabled -> sysfs dir gone ("disable"), R times without the
-      daemon, then R times with the daemon running (run 2).
+      pipe ping-pong with a child): R rounds without the daemon, R with the
+      daemon attached (run 1; its CPU time over them), 2R paired rounds
+      armed/disarmed, R without again; the daemon is stopped right after the
+      paired rounds, so its exit log's probe hit count covers exactly its
+      workload (target 0).
+(ii)  livepatch operations, paired with daemon run 2: 2 x LP rounds, kprobes
+      armed or disarmed (ABBA): insmod klpt_lp (the synchronous enable: pre-patch
+      callbacks, patching, the first transition attempt), insmod -> transition
+      file 0 ("enable"), echo 0 > enabled (the synchronous disable),
+      -> sysfs dir gone ("disable").
 (iii) daemon start: launch -> ready file (both runs); VmRSS right before and
-      after the daemon frees bcc's compiler memory (its log line); VmRSS/VmHWM after attach
-      and after KLPT_BENCH_EVENTS cycles (run 2); then, in the same boot,
-      tests/bench/guest_bccmem.py: what of the RSS after the BPF compile
+      after the daemon frees bcc's compiler memory (its log line); VmRSS/VmHWM
+      after attach and after KLPT_BENCH_EVENTS cycles (run 2); then, in the same
+      boot, tests/bench/guest_bccmem.py: what of the RSS after the BPF compile
       malloc_trim and madvise of bcc's/LLVM's text give back.
 """
 
@@ -48,8 +63,17 @@ _HELPERS = r"""
 export KLPT_KMOD=__KMOD__ KLPT_STEP_TIMEOUT=120
 source __ROOT__/tracer/lab/guest_helpers.sh
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+mountpoint -q /sys/kernel/debug || mount -t debugfs nodev /sys/kernel/debug
+KPROBES=/sys/kernel/debug/kprobes/enabled
+[[ -w $KPROBES ]] || die "no $KPROBES: the paired design needs the kernel's kprobe switch"
 now() { echo $EPOCHREALTIME; }
 dt() { awk "BEGIN {printf \"%.3f\", $2 - $1}"; }
+cpu_ticks() { awk '{print $14 + $15}' /proc/$(cat /run/$1.pid)/stat; }   # utime + stime
+# arm I: round I of an ABBA sequence (0 3 4 7 8 ... armed): prints the side
+arm() {
+	if (( $1 % 4 == 0 || $1 % 4 == 3 )); then echo 1 > $KPROBES; echo armed
+	else echo 0 > $KPROBES; echo disarmed; fi
+}
 start_daemon() {   # NAME: start, wait for readiness, print start time and RSS
 	rm -f /run/$1.ready
 	__KLP__ run --ready-file /run/$1.ready --trace /run/$1.jsonl 2>/run/$1.log &
@@ -72,39 +96,54 @@ stop_daemon() {
 	while kill -0 $(cat /run/$1.pid) 2>/dev/null; do sleep 0.1; done
 	echo "@@log_$1<<"; cat /run/$1.log; echo "@@>>"
 }
+wl() { python3 __ROOT__/tests/bench/guest_workload.py __ITER__; }
 workload() {   # TAG
 	local i
-	for i in $(seq 1 __ROUNDS__); do
-		echo "@@wl_$1_$i=$(python3 __ROOT__/tests/bench/guest_workload.py __ITER__)"
-	done
+	for i in $(seq 1 __ROUNDS__); do echo "@@wl_$1_$i=$(wl)"; done
 }
-lp_times() {   # TAG
-	local i t0 t1 t2
-	for i in $(seq 1 __LP_ROUNDS__); do
+workload_paired() {
+	local i side
+	for i in $(seq 0 $((2 * __ROUNDS__ - 1))); do
+		side=$(arm $i); echo "@@wl_${side}_$i=$(wl)"
+	done
+	echo 1 > $KPROBES
+}
+lp_paired() {
+	local i side t0 t1 t2 t3 t4
+	for i in $(seq 0 $((2 * __LP_ROUNDS__ - 1))); do
+		side=$(arm $i)
 		t0=$(now)
 		insmod $KLPT_KMOD/klpt_lp.ko || die "insmod klpt_lp"
-		while [[ $(< $KLP_SYSFS/klpt_lp/transition) != 0 ]]; do sleep 0.02; done
 		t1=$(now)
-		echo 0 > $KLP_SYSFS/klpt_lp/enabled
-		while [[ -e $KLP_SYSFS/klpt_lp ]]; do sleep 0.02; done
+		while [[ $(< $KLP_SYSFS/klpt_lp/transition) != 0 ]]; do sleep 0.02; done
 		t2=$(now)
-		echo "@@enable_s_$1_$i=$(dt $t0 $t1)"
-		echo "@@disable_s_$1_$i=$(dt $t1 $t2)"
+		echo 0 > $KLP_SYSFS/klpt_lp/enabled
+		t3=$(now)
+		while [[ -e $KLP_SYSFS/klpt_lp ]]; do sleep 0.02; done
+		t4=$(now)
 		unload_lp klpt_lp
+		echo "@@insmod_s_${side}_$i=$(dt $t0 $t1)"
+		echo "@@enable_s_${side}_$i=$(dt $t0 $t2)"
+		echo "@@write0_s_${side}_$i=$(dt $t2 $t3)"
+		echo "@@disable_s_${side}_$i=$(dt $t2 $t4)"
 		sleep 0.5
 	done
+	echo 1 > $KPROBES
 }
 """
 
 _SCRIPT = r"""
 workload base1
 start_daemon run1
+c0=$(cpu_ticks run1); t0=$(now)
 workload traced
+echo "@@daemon_cpu_s_run1=$(awk "BEGIN {print ($(cpu_ticks run1) - $c0) / $(getconf CLK_TCK)}")"
+echo "@@daemon_wall_s_run1=$(dt $t0 $(now))"
+workload_paired
 stop_daemon run1
 workload base2
-lp_times base
 start_daemon run2
-lp_times traced
+lp_paired
 t0=$(now)
 for c in $(seq 1 __EVENTS__); do
 	load_mod klpt_mod; load_lp klpt_lp; load_lp klpt_lp2
@@ -116,11 +155,14 @@ sleep 1
 rss run2 events
 echo "@@records_run2=$(wc -l < /run/run2.jsonl)"
 stop_daemon run2
+echo '@@validate_run2<<'; __KLP__ validate -q /run/run2.jsonl; echo "@@rc_validate_run2=$?"; echo '@@>>'
 """
 
 
 def _series(got: dict, prefix: str) -> list[float]:
-    return [float(v) for k, v in sorted(got.items()) if k.startswith(prefix) and v]
+    """The values of prefix<N> keys, in round order."""
+    keys = [k for k in got if k.startswith(prefix) and k[len(prefix):].isdigit() and got[k]]
+    return [float(got[k]) for k in sorted(keys, key=lambda k: int(k[len(prefix):]))]
 
 
 def main() -> int:
@@ -158,24 +200,29 @@ def main() -> int:
               file=sys.stderr)
         return 1
 
+    med = statistics.median
+    ratio = lambda a, b: med(a) / med(b)  # noqa: E731
     base = _series(got, "wl_base1_") + _series(got, "wl_base2_")
     traced = _series(got, "wl_traced_")
+    armed, disarmed = _series(got, "wl_armed_"), _series(got, "wl_disarmed_")
     hits = re.search(r"probe hits (\d+)", got.get("log_run1", ""))
     freed = [re.findall(r"[0-9.]+", got.get(f"freed_run{i}", "")) for i in (1, 2)]
-    en_b, en_t = _series(got, "enable_s_base_"), _series(got, "enable_s_traced_")
-    dis_b, dis_t = _series(got, "disable_s_base_"), _series(got, "disable_s_traced_")
+    lp = {f"{what}_{side}": _series(got, f"{what}_s_{side}_")
+          for what in ("insmod", "enable", "write0", "disable") for side in ("armed", "disarmed")}
     stopped2 = re.search(r"stopped: .*", got.get("log_run2", ""))
-    med = statistics.median
     mb = lambda kb: int(got[kb]) / 1024  # noqa: E731
     fig = {
         "kernel": kernel.release if hasattr(kernel, "release") else str(kernel),
         "workload_base_ops_s": base, "workload_traced_ops_s": traced,
-        "workload_ratio": med(traced) / med(base),
+        "workload_ratio": ratio(traced, base),
+        "workload_armed_ops_s": armed, "workload_disarmed_ops_s": disarmed,
+        "workload_paired_ratio": ratio(armed, disarmed),
         "probe_hits_during_workload": int(hits.group(1)) if hits else None,
-        "enable_s_base": en_b, "enable_s_traced": en_t,
-        "enable_ratio": med(en_t) / med(en_b),
-        "disable_s_base": dis_b, "disable_s_traced": dis_t,
-        "disable_ratio": med(dis_t) / med(dis_b),
+        "daemon_cpu_s": float(got["daemon_cpu_s_run1"]),
+        "daemon_wall_s": float(got["daemon_wall_s_run1"]),
+        **{f"lp_{k}_s": v for k, v in lp.items()},
+        **{f"{w}_ratio": ratio(lp[f"{w}_armed"], lp[f"{w}_disarmed"])
+           for w in ("insmod", "enable", "write0", "disable")},
         "start_s": [float(got["start_s_run1"]), float(got["start_s_run2"])],
         "rss_mb_attach": [mb("rss_kb_run1_attach"), mb("rss_kb_run2_attach")],
         # the daemon's log: VmRSS right before / after free_compiler_memory()
@@ -186,21 +233,36 @@ def main() -> int:
         "events_cycles": EVENTS, "events_s": float(got["events_s"]),
         "records_run2": int(got["records_run2"]),
         "run2_stopped": stopped2.group(0) if stopped2 else None,
+        "run2_validate": got.get("validate_run2", "").strip(),
+        "run2_validate_rc": got.get("rc_validate_run2"),
         "wall_s": wall,
         "bcc_memory_mb": {k[4:]: v for k, v in bccmem.items() if k.startswith("mem_")},
         "llvm_text_mb": bccmem.get("llvm_text_mb"),
     }
     (out_dir / "figures.json").write_text(json.dumps(fig, indent=2))
     f2 = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    cpu_pct = 100 * fig["daemon_cpu_s"] / fig["daemon_wall_s"]
     rows = [
         ("workload ops/s without daemon (median)", f"{med(base):.0f}", f"rounds: {f2(base)}"),
         ("workload ops/s with daemon (median)", f"{med(traced):.0f}", f"rounds: {f2(traced)}"),
-        ("workload throughput ratio", f"{fig['workload_ratio']:.3f}", "target >= 0.99"),
+        ("workload ratio with/without daemon", f"{fig['workload_ratio']:.3f}",
+         "rounds minutes apart: drift-prone"),
+        ("paired: kprobes armed / disarmed (median)", f"{med(armed):.0f} / {med(disarmed):.0f}",
+         f"ratio {fig['workload_paired_ratio']:.3f} (target >= 0.99); "
+         f"armed {f2(armed)}; disarmed {f2(disarmed)}"),
         ("probe hits during workload", str(fig["probe_hits_during_workload"]), "target 0"),
-        ("enable -> transition done, s (median)", f"{med(en_b):.2f} / {med(en_t):.2f}",
-         f"without / with; ratio {fig['enable_ratio']:.3f} (target <= 1.05)"),
-        ("disable -> unpatched, s (median)", f"{med(dis_b):.2f} / {med(dis_t):.2f}",
-         f"without / with; ratio {fig['disable_ratio']:.3f} (target <= 1.05)"),
+        ("daemon CPU while the workload ran", f"{fig['daemon_cpu_s']:.2f} s",
+         f"over {fig['daemon_wall_s']:.0f} s: {cpu_pct:.2f} % of one CPU"),
+    ]
+    for w, what in (("insmod", "insmod klpt_lp (synchronous enable)"),
+                    ("enable", "insmod -> transition complete"),
+                    ("write0", "echo 0 > enabled (synchronous disable)"),
+                    ("disable", "disable -> unpatched, sysfs gone")):
+        a, d = lp[f"{w}_armed"], lp[f"{w}_disarmed"]
+        rows.append((f"{what}, s", f"{med(a):.3f} / {med(d):.3f}",
+                     f"armed / disarmed; ratio {fig[w + '_ratio']:.3f} (target <= 1.05); "
+                     f"armed {f2(a)}; disarmed {f2(d)}"))
+    rows += [
         ("daemon start to ready, s", f2(fig["start_s"]), "run 1 (cold) / run 2"),
         ("VmRSS before freeing the compiler, MB", f2(fig["rss_mb_before_free"]),
          "daemon log, run 1 / run 2"),
@@ -216,6 +278,7 @@ def main() -> int:
         print(f"  {name:<{w}}  {val:>14}  {note}")
     if fig["run2_stopped"]:
         print(f"  run 2: {fig['run2_stopped']}")
+    print(f"  run 2 trace: {fig['run2_validate']} (validate exit {fig['run2_validate_rc']})")
     print("  bcc compile memory (tests/bench/guest_bccmem.py, MB):")
     for step, v in fig["bcc_memory_mb"].items():
         print(f"    {step:<16} {v}")
