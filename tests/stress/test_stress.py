@@ -205,6 +205,8 @@ def stress_run(tmp_path_factory, request):
             "second": pre + SECOND.format(klp=klp),
             "storm": pre + storm_cmd(CYCLES),
             "survive": pre + survive_cmd(klp),
+            # the storm's trace itself, kept on the host as lab-out/stress-*/storm.jsonl
+            "storm_trace": "cat /run/b.jsonl",
             "undersized": pre + undersized_cmd(klp)}
     results, dmesg = vm.run_commands(kernel, list(cmds.values()),
                                      timeout=900 + 20 * CYCLES)   # a cycle: 10-12 s under TCG
@@ -214,6 +216,7 @@ def stress_run(tmp_path_factory, request):
     keep = Path(os.environ.get("KLPT_LAB_OUT", ROOT / "lab-out")) / \
         f"stress-{os.environ.get('KLPT_KERNEL') or 'stable'}"
     keep.mkdir(parents=True, exist_ok=True)
+    (keep / "storm.jsonl").write_text(out.pop("storm_trace"))
     for k, o in out.items():
         (keep / f"{k}.out").write_text(o)
     (keep / "dmesg").write_text(dmesg)
