@@ -27,7 +27,7 @@ BPF_ARRAY(hits, u64, KLPT_HIT_SLOTS);            /* per-program hit counters */
 BPF_ARRAY(cur_patch, u64, 1);                   /* klp_transition_patch, seen at klp_init_transition */
 BPF_HASH(task_ctx, u32, u32, 64);               /* tid -> KLPT_CTX_* inside klp_module_coming/going */
 BPF_HASH(enable_arg, u32, u64, 64);             /* tid -> patch, for klp_enable_patch's return */
-BPF_HASH(coming_arg, u32, u64, 64);             /* tid -> mod, for klp_module_coming's return */
+BPF_HASH(coming_arg, u32, u64, 64);             /* tid -> mod, for klp_module_coming's/going's return */
 BPF_HASH(patch_obj_arg, u32, u64, 64);          /* tid -> obj, for klp_patch_object's return */
 BPF_HASH(direct_arg, u32, u64, 256);            /* tid -> obj, for a callback's return */
 BPF_HASH(direct_ip, u32, u64, 256);             /* tid -> probed address, for a callback's return */
@@ -345,13 +345,29 @@ int on_module_coming_ret(struct pt_regs *ctx)
 
 int on_module_going(struct pt_regs *ctx, struct module *mod)
 {
+	u32 t = tid();
+	u64 m = (u64)mod;
+	coming_arg.update(&t, &m);
 	return module_event(KLPT_MODULE_GOING, 13, mod, KLPT_CTX_GOING);
 }
 
+/* The entry probes of klp_module_coming/going fire before they take
+ * klp_mutex; the returns tell userspace that the section is over, so a
+ * `going` record is placed even when no patch had an object for the module
+ * (tracer/infer.py, _place_pending). */
 int on_module_going_ret(struct pt_regs *ctx)
 {
 	hit(14);
 	u32 t = tid();
+	u64 *m = coming_arg.lookup(&t);
+	struct klpt_event *e = new_event(KLPT_MODULE_GOING_RET);
+	if (e) {
+		if (m)
+			bpf_probe_read_kernel_str(e->module, KLPT_NAME_LEN,
+						  ((struct module *)*m)->name);
+		events.ringbuf_submit(e, 0);
+	}
+	coming_arg.delete(&t);
 	task_ctx.delete(&t);
 	return 0;
 }

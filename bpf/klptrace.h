@@ -28,6 +28,7 @@
 #define KLPT_DIRECT           14   /* a livepatch callback function itself was entered: objs[0], ip */
 #define KLPT_DIRECT_RET       15   /* ... and returned: objs[0], ip, ret */
 #define KLPT_CORE             16   /* an out-of-line klp_*_callback helper: objs[0], arg = callback index */
+#define KLPT_MODULE_GOING_RET 17   /* klp_module_going returned: module */
 
 /* Context of the current task (ctx field): which core operation it is inside. */
 #define KLPT_CTX_NONE    0

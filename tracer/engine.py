@@ -241,8 +241,6 @@ class Engine:
         st = self.modules.get(mod)
         if st is None:
             return None if not self.modules_known else False
-        if st == "going":
-            return None
         return st == "loaded"
 
     def _maybe_loaded(self, o: ObjState) -> bool:
@@ -364,8 +362,6 @@ class Engine:
                         f"{cb} of '{pname}'/{oname} while module '{oname}' is not loaded",
                         oname, [ref])
         window = self.windows.get(oname) if oname != ev.VMLINUX else None
-        if window is None and self.modules.get(oname) == "going":
-            window = {"event": "going", "ref": ref, "owed": []}   # see _close_module_window
         self._by_callback[cb](ps, obj, rec, ref, window, out)
         obj.ran[cb] = ref
 
@@ -595,11 +591,10 @@ class Engine:
                 if cb == ev.POST_PATCH and o.armed:
                     o.post_patched = True   # the post-patch step has passed
         else:
-            # The `going` record is klp_module_going's entry, which may still wait
-            # for klp_mutex while an enable patches the module (its klp_alive is
-            # still set): until it comes again, the module is "going", neither
-            # judged loaded nor unloaded, and its callbacks are cleanup callbacks.
-            self._module_gone(mod, "going")
+            # The `going` record stands where klp_module_going held klp_mutex
+            # (trace format: the writer places it there, not at the entry
+            # probe): from here the module is gone for every later operation.
+            self._module_gone(mod)
 
     def _module_gone(self, mod: str, state: str = "unloaded") -> None:
         self.modules[mod] = state

@@ -20,6 +20,16 @@ strictly increasing ``seq``. Two places must wait for a return value before
 they can say what happened (a failing pre_patch in klp_enable_patch and in
 klp_module_coming); records are held back until then, so the order of the
 trace is the kernel's order.
+
+A module's `coming` / `going` record stands where klp_module_coming /
+klp_module_going hold klp_mutex, not where their entry probe fired: the entry
+runs before mutex_lock(&klp_mutex), so another thread's enable or disable may
+take the mutex first and run entirely between the entry and the module's own
+section. Such a record is pending (per thread) until the evidence places it
+(``_place_pending``): the next event of the same thread (it is inside its
+section, or past it), or another thread's snapshot showing the module's
+object in the state the section leaves it in (loaded after coming, not loaded
+after going: obj->mod follows mod->klp_alive, which the section sets).
 """
 
 from __future__ import annotations
@@ -61,7 +71,8 @@ class Inference:
         self.window: dict[tuple[str, str, str], str] = {}
         self.held: list[dict] | None = None          # records waiting for a return value
         self.placeholder: dict | None = None         # a failing pre_patch awaiting its ret
-        self.coming: dict | None = None              # the klp_module_coming in progress
+        self.comings: dict[int, dict] = {}           # tid -> the klp_module_coming it is in
+        self.pending_mod: dict[int, tuple[str, str]] = {}   # tid -> (module, event) not placed yet
         self.unmatched_direct = 0                    # direct hits we could not place
 
     # --- output -----------------------------------------------------------------
@@ -84,6 +95,7 @@ class Inference:
 
     def flush(self) -> None:
         """At exit: whatever is held goes out as it is (a ret never came)."""
+        self._place_all_pending(0)
         if self.placeholder is not None and self.placeholder.get("ret") is None:
             self.placeholder.pop("ret", None)
         self._flush()
@@ -92,7 +104,7 @@ class Inference:
         """Records were lost right here. What was held back for a return value
         goes out first, as it is: that return may be among the lost events."""
         self.flush()
-        self.coming = None
+        self.comings = {}
         self._emit(ev.loss(0, ts_ns, count))
 
     # --- the one place callbacks are reported -------------------------------------
@@ -128,7 +140,26 @@ class Inference:
 
     # --- raw events -----------------------------------------------------------------
 
+    def _place_all_pending(self, ts: int) -> None:
+        for tid in list(self.pending_mod):
+            mod, e = self.pending_mod.pop(tid)
+            self._module(ts, mod, e)
+
+    def _place_pending(self, r: rw.Raw) -> None:
+        """Emit each pending module record this event shows to be in the past
+        (see the module docstring); ts is the event's, when that was known."""
+        for tid, (mod, e) in list(self.pending_mod.items()):
+            if r.pid == tid:
+                placed = True       # its thread runs again: inside its section, or past it
+            else:
+                placed = any(o.name == mod and o.loaded == (e == "coming") for o in r.objs)
+            if placed:
+                del self.pending_mod[tid]
+                self._module(r.ts_ns, mod, e)
+
     def feed(self, r: rw.Raw) -> None:
+        if self.pending_mod:
+            self._place_pending(r)
         handler = self._HANDLERS.get(r.kind)
         if handler is not None:
             if not r.patch and self.transition_patch and r.kind in self._TRANSITION_KINDS:
@@ -168,8 +199,9 @@ class Inference:
         # helper set post_unpatch_enabled = !ret. So: pre_patch ran and
         # returned 0 iff it is registered and post_unpatch_enabled is set.
         o = r.objs[0]
-        if self.coming is not None and r.ctx == rw.CTX_COMING:
-            self.coming["patched"].add(r.patch)
+        c = self.comings.get(r.pid) if r.ctx == rw.CTX_COMING else None
+        if c is not None:
+            c["patched"].add(r.patch)
         if o.dynamic or not o.cb[0] or not o.post_unpatch_enabled:
             return
         self._callback(r.ts_ns, r.patch, o.name, 0, "inferred", ret=0, armed=o.armed[0])
@@ -242,19 +274,18 @@ class Inference:
     def _on_enable_ret(self, r: rw.Raw) -> None:
         if self.placeholder is not None:
             self.placeholder["ret"] = int(r.arg)
-        if self.held is not None and self.coming is None:
+        if self.held is not None and not self.comings:
             self._flush()
         if r.arg != 0:
             self._emit(ev.patch_event(0, r.ts_ns, r.patch or "?", "enable_failed", ret=int(r.arg)))
             self.active.pop(r.patch, None)
 
     def _on_module_coming(self, r: rw.Raw) -> None:
-        if self.coming is not None:      # the previous one's return was never seen
-            self.coming = None
-            self._flush()
-        self._module(r.ts_ns, r.module, "coming")
+        if self.comings.pop(r.pid, None) is not None and not self.comings:
+            self._flush()                # the previous one's return was never seen
+        self.pending_mod[r.pid] = (r.module, "coming")
         # hold: a failing pre_patch is only known at klp_module_coming's return
-        self.coming = {"module": r.module, "patched": set(), "fail_at": None}
+        self.comings[r.pid] = {"module": r.module, "patched": set(), "fail_at": None}
         self.held = self.held if self.held is not None else []
 
     def _on_unpatch_object(self, r: rw.Raw) -> None:
@@ -262,8 +293,9 @@ class Inference:
         # pre_unpatch unless the patch is in transition, klp_unpatch_object,
         # then post_unpatch where post_unpatch_enabled.
         o = r.objs[0]
-        if self.coming is not None and self.coming["fail_at"] is None and self.held is not None:
-            self.coming["fail_at"] = len(self.held)
+        c = self.comings.get(r.pid)
+        if c is not None and c["fail_at"] is None and self.held is not None:
+            c["fail_at"] = len(self.held)
         if o.dynamic:
             return
         if o.cb[2] and r.patch != self.transition_patch:
@@ -272,7 +304,7 @@ class Inference:
             self._callback(r.ts_ns, r.patch, o.name, 3, "inferred", armed=o.armed[3])
 
     def _on_module_coming_ret(self, r: rw.Raw) -> None:
-        c, self.coming = self.coming, None
+        c = self.comings.pop(r.pid, None)
         if c is None:
             return
         if r.arg != 0 and self.held is not None:
@@ -288,11 +320,18 @@ class Inference:
                 tail, self.held = self.held[at:], self.held[:at]
                 self._callback(r.ts_ns, fail[0], c["module"], 0, "inferred", ret=int(r.arg))
                 self.held.extend(tail)
+                for other in self.comings.values():   # their places moved by one
+                    if other["fail_at"] is not None and other["fail_at"] >= at:
+                        other["fail_at"] += 1
             self._module(r.ts_ns, c["module"], "refused")
-        self._flush()
+        if not self.comings:
+            self._flush()
 
     def _on_module_going(self, r: rw.Raw) -> None:
-        self._module(r.ts_ns, r.module, "going")
+        self.pending_mod[r.pid] = (r.module, "going")
+
+    def _on_module_going_ret(self, r: rw.Raw) -> None:
+        pass        # feed() has placed its pending `going` record: nothing else to do
 
     def _which_cb(self, o: rw.Obj, ip: int) -> int | None:
         for i in range(4):
@@ -332,6 +371,7 @@ class Inference:
         rw.MODULE_COMING: _on_module_coming,
         rw.MODULE_COMING_RET: _on_module_coming_ret,
         rw.MODULE_GOING: _on_module_going,
+        rw.MODULE_GOING_RET: _on_module_going_ret,
         rw.UNPATCH_OBJECT: _on_unpatch_object,
         rw.DIRECT: _on_direct,
         rw.DIRECT_RET: _on_direct_ret,

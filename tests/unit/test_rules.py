@@ -125,18 +125,19 @@ def test_trace_cut_before_post_callbacks_is_a_warning_not_violation():
 
 def test_enable_racing_with_a_module_unload_is_not_a_violation():
     """Seen in the stress suite: `rmmod klpt_mod` has entered klp_module_going
-    (the `going` record) but waits for klp_mutex while klpt_lp is enabled; the
-    kernel still patches the module (state GOING), then its going cleanup runs
-    post_unpatch."""
+    but waits for klp_mutex while klpt_lp is enabled; the kernel still patches
+    the module (state GOING, klp_alive still set), then the going section runs
+    post_unpatch. The writer places the `going` record at that section
+    (tracer/infer.py), so the trace reads in the kernel's order."""
     from tracebuild import lp
     from tracer import events as ev
     d = lp()
     objs = [{"name": n, "callbacks": c} for n, c in d.objects]
-    recs = [ev.module(0, 0, "klpt_mod", "going"),
-            ev.patch_enable(0, 0, LP, objs),
+    recs = [ev.patch_enable(0, 0, LP, objs),
             ev.transition(0, 0, LP, "init", "patched"),
             cb(LP, "vmlinux", "pre_patch", 0), cb(LP, "klpt_mod", "pre_patch", 0),
             ev.transition(0, 0, LP, "start", "patched"),
+            ev.module(0, 0, "klpt_mod", "going"),
             cb(LP, "klpt_mod", "post_unpatch"),
             ev.transition(0, 0, LP, "complete", "patched"),
             cb(LP, "vmlinux", "post_patch")]
