@@ -72,7 +72,7 @@ class Inference:
         self.held: list[dict] | None = None          # records waiting for a return value
         self.placeholder: dict | None = None         # a failing pre_patch awaiting its ret
         self.comings: dict[int, dict] = {}           # tid -> the klp_module_coming it is in
-        self.pending_mod: dict[int, tuple[str, str]] = {}   # tid -> (module, event) not placed yet
+        self.pending_mod: dict[int, tuple[str, str, int]] = {}   # tid -> (module, event, entry ts)
         self.unmatched_direct = 0                    # direct hits we could not place
 
     # --- output -----------------------------------------------------------------
@@ -95,7 +95,7 @@ class Inference:
 
     def flush(self) -> None:
         """At exit: whatever is held goes out as it is (a ret never came)."""
-        self._place_all_pending(0)
+        self._place_all_pending()
         if self.placeholder is not None and self.placeholder.get("ret") is None:
             self.placeholder.pop("ret", None)
         self._flush()
@@ -140,15 +140,16 @@ class Inference:
 
     # --- raw events -----------------------------------------------------------------
 
-    def _place_all_pending(self, ts: int) -> None:
+    def _place_all_pending(self) -> None:
+        """At exit or a loss: nothing more will place them; they go out as they are."""
         for tid in list(self.pending_mod):
-            mod, e = self.pending_mod.pop(tid)
+            mod, e, ts = self.pending_mod.pop(tid)
             self._module(ts, mod, e)
 
     def _place_pending(self, r: rw.Raw) -> None:
         """Emit each pending module record this event shows to be in the past
         (see the module docstring); ts is the event's, when that was known."""
-        for tid, (mod, e) in list(self.pending_mod.items()):
+        for tid, (mod, e, _) in list(self.pending_mod.items()):
             if r.pid == tid:
                 placed = True       # its thread runs again: inside its section, or past it
             else:
@@ -283,7 +284,7 @@ class Inference:
     def _on_module_coming(self, r: rw.Raw) -> None:
         if self.comings.pop(r.pid, None) is not None and not self.comings:
             self._flush()                # the previous one's return was never seen
-        self.pending_mod[r.pid] = (r.module, "coming")
+        self.pending_mod[r.pid] = (r.module, "coming", r.ts_ns)
         # hold: a failing pre_patch is only known at klp_module_coming's return
         self.comings[r.pid] = {"module": r.module, "patched": set(), "fail_at": None}
         self.held = self.held if self.held is not None else []
@@ -328,7 +329,7 @@ class Inference:
             self._flush()
 
     def _on_module_going(self, r: rw.Raw) -> None:
-        self.pending_mod[r.pid] = (r.module, "going")
+        self.pending_mod[r.pid] = (r.module, "going", r.ts_ns)
 
     def _on_module_going_ret(self, r: rw.Raw) -> None:
         pass        # feed() has placed its pending `going` record: nothing else to do

@@ -271,3 +271,9 @@ def test_the_engine_finds_no_violation_in_either_race():
         eng = Engine(ev.header("k", state={"patches": [], "modules": loaded}))
         found = [f for r in run(events) for f in eng.feed(r)] + eng.finish()
         assert [f for f in found if f.kind == VIOLATION] == []
+
+
+def test_a_pending_module_record_goes_out_at_exit_with_its_entry_time():
+    e = raw(rw.MODULE_GOING, module="m", pid=2)
+    out = run([e])             # run() flushes as the daemon does at exit
+    assert [(r["type"], r["event"], r["ts_ns"]) for r in out] == [("module", "going", e.ts_ns)]
