@@ -596,8 +596,8 @@ class Engine:
             # probe): from here the module is gone for every later operation.
             self._module_gone(mod)
 
-    def _module_gone(self, mod: str, state: str = "unloaded") -> None:
-        self.modules[mod] = state
+    def _module_gone(self, mod: str) -> None:
+        self.modules[mod] = "unloaded"
         for ps in self.patches.values():
             o = ps.objects.get(mod)
             if o is not None:
