@@ -4,33 +4,50 @@ ratios measured side by side mean something.
 
     .venv/bin/python -m tests.bench.bench_lab        # make bench (after bench_validate)
 
-Env: KLPT_KERNEL (lab kernel), KLPT_BENCH_ROUNDS (workload rounds per side, 5),
-KLPT_BENCH_ITER (workload iterations a round, 3000: 200-800/s under TCG), KLPT_BENCH_LP_ROUNDS
-(livepatch enable/disable timings per side, 7), KLPT_BENCH_EVENTS (enable/disable
-cycles of klpt_lp + klpt_lp2 + klpt_mod load/unload before the last RSS reading, 10).
+Env: KLPT_KERNEL (lab kernel), KLPT_BENCH_CPUS (guest vCPUs, 1),
+KLPT_BENCH_ROUNDS (with/without workload rounds per side, 5), KLPT_BENCH_ITER
+(workload iterations a with/without round, 3000), KLPT_BENCH_BLOCKS (paired
+workload blocks, 48) of KLPT_BENCH_BLOCK_ITER iterations (1000),
+KLPT_BENCH_LP_ROUNDS (paired livepatch enable/disable rounds per side, 16),
+KLPT_BENCH_EVENTS (enable/disable cycles of klpt_lp + klpt_lp2 + klpt_mod
+load/unload before the last RSS reading, 10).
 
-Why two designs side by side: under TCG a round's speed drifts by 2-4x over
-minutes (the host's CPU, not the guest), and a daemon start takes 90-200 s, so
-"without, then with, then without" compares rounds minutes apart. The paired
-design keeps the daemon running and switches every kprobe in the kernel off and
-on between rounds (/sys/kernel/debug/kprobes/enabled, the kernel's own switch:
-every probe the daemon has, bcc's and the tracefs ones, are kprobes), in ABBA
-order so a linear drift cancels. Disarmed, the daemon sees nothing of a round,
-so a livepatch cycle run then is simply absent from its trace (it still
-validates). The daemon's own CPU time while it idles (/proc/PID/stat) is the
-cost the switch leaves out.
+Why one vCPU: with two, a transition completes at its first attempt only if
+the other CPU's idle task happened to pass its switch point in between, else a
+second later (klp_transition_work_fn's retry), so enable and disable times
+jump between two modes 1 s apart; and the workload's ping-pong then crosses
+vCPUs, whose wake-ups TCG makes vary 4x between neighbouring rounds (both
+seen on 2026-12-01). On one vCPU every task but the caller is off-CPU, so the
+transition completes inside the write that starts it, and the daemon competes
+with the workload for the one CPU: the worst case for the daemon's cost.
+
+Why paired: under TCG a round's speed drifts over minutes (the host's CPU),
+and a daemon start takes 90-200 s, so "without, then with, then without"
+compares rounds minutes apart. The paired design keeps the daemon and switches
+it ON (running, every kprobe armed) or OFF (every kprobe disarmed through the
+kernel's own switch /sys/kernel/debug/kprobes/enabled: all of the daemon's
+probes, bcc's and the tracefs ones, are kprobes; and the daemon SIGSTOPped, so
+its poll loop costs nothing either) between rounds, in ABBA order so that a
+linear drift cancels (tests/bench/abba.py: median of the quad ratios, with a
+bootstrap 95 % interval). OFF, the daemon sees nothing of a round, so a
+livepatch cycle run then is simply absent from its trace (it still validates).
 
 (i)   overhead outside livepatch: tests/bench/guest_workload.py (getpid, stat,
       pipe ping-pong with a child): R rounds without the daemon, R with the
-      daemon attached (run 1; its CPU time over them), 2R paired rounds
-      armed/disarmed, R without again; the daemon is stopped right after the
-      paired rounds, so its exit log's probe hit count covers exactly its
-      workload (target 0).
-(ii)  livepatch operations, paired with daemon run 2: 2 x LP rounds, kprobes
-      armed or disarmed (ABBA): insmod klpt_lp (the synchronous enable: pre-patch
-      callbacks, patching, the first transition attempt), insmod -> transition
-      file 0 ("enable"), echo 0 > enabled (the synchronous disable),
-      -> sysfs dir gone ("disable").
+      daemon attached (run 1; its CPU time over them), the paired blocks
+      (one process: the switch between blocks is outside the timed part), R
+      without again; the daemon is stopped right after the paired blocks, so
+      its exit log's probe hit count covers exactly its workload (target 0).
+(ii)  livepatch operations, paired with daemon run 2, two series of 2 x LP
+      rounds ON or OFF (ABBA): "daemon" (ON: the daemon running, as
+      deployed) and "probes" (ON: kprobes armed but the daemon kept stopped,
+      so only the BPF programs' in-kernel cost is in the round; the daemon
+      reads the events afterwards). Each round is timed by the guest kernel's
+      own log clock: "enabling patch" to "patching complete" (pre-patch
+      callbacks, patching, the transition, post-patch callbacks) and a marker
+      written to /dev/kmsg right before `echo 0 > enabled` to "unpatching
+      complete"; and from user space: insmod klpt_lp, and until its sysfs
+      directory is gone.
 (iii) daemon start: launch -> ready file (both runs); VmRSS right before and
       after the daemon frees bcc's compiler memory (its log line); VmRSS/VmHWM
       after attach and after KLPT_BENCH_EVENTS cycles (run 2); then, in the same
@@ -54,9 +71,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 from guestout import parse  # noqa: E402
 KLP = ROOT / ".venv" / "bin" / "klptrace"
 
+from bench import abba  # noqa: E402
+
+CPUS = int(os.environ.get("KLPT_BENCH_CPUS", "1"))
 ROUNDS = int(os.environ.get("KLPT_BENCH_ROUNDS", "5"))
 ITER = int(os.environ.get("KLPT_BENCH_ITER", "3000"))
-LP_ROUNDS = int(os.environ.get("KLPT_BENCH_LP_ROUNDS", "7"))
+BLOCKS = int(os.environ.get("KLPT_BENCH_BLOCKS", "48"))
+BLOCK_ITER = int(os.environ.get("KLPT_BENCH_BLOCK_ITER", "1000"))
+LP_ROUNDS = int(os.environ.get("KLPT_BENCH_LP_ROUNDS", "16"))
 EVENTS = int(os.environ.get("KLPT_BENCH_EVENTS", "10"))
 
 _HELPERS = r"""
@@ -69,10 +91,18 @@ KPROBES=/sys/kernel/debug/kprobes/enabled
 now() { echo $EPOCHREALTIME; }
 dt() { awk "BEGIN {printf \"%.3f\", $2 - $1}"; }
 cpu_ticks() { awk '{print $14 + $15}' /proc/$(cat /run/$1.pid)/stat; }   # utime + stime
-# arm I: round I of an ABBA sequence (0 3 4 7 8 ... armed): prints the side
-arm() {
-	if (( $1 % 4 == 0 || $1 % 4 == 3 )); then echo 1 > $KPROBES; echo armed
-	else echo 0 > $KPROBES; echo disarmed; fi
+# switch I NAME [probes]: round I of an ABBA sequence (0 3 4 7 8 ... on):
+# ON is daemon NAME running and every kprobe armed, OFF every kprobe disarmed
+# and NAME stopped (as tests/bench/guest_workload.py does between its blocks);
+# with "probes", NAME stays stopped on both sides and only the kprobes switch:
+# the in-kernel cost of the BPF programs alone. Prints the side.
+switch() {
+	local pid=$(cat /run/$2.pid)
+	if (( $1 % 4 == 0 || $1 % 4 == 3 )); then
+		[[ $3 == probes ]] || kill -CONT $pid
+		echo 1 > $KPROBES; echo on
+	else echo 0 > $KPROBES; kill -STOP $pid; echo off; fi
+	sleep 0.05
 }
 start_daemon() {   # NAME: start, wait for readiness, print start time and RSS
 	rm -f /run/$1.ready
@@ -101,34 +131,36 @@ workload() {   # TAG
 	local i
 	for i in $(seq 1 __ROUNDS__); do echo "@@wl_$1_$i=$(wl)"; done
 }
-workload_paired() {
-	local i side
-	for i in $(seq 0 $((2 * __ROUNDS__ - 1))); do
-		side=$(arm $i); echo "@@wl_${side}_$i=$(wl)"
-	done
-	echo 1 > $KPROBES
+workload_paired() {   # NAME
+	echo "@@paired<<"
+	python3 __ROOT__/tests/bench/guest_workload.py __BLOCK_ITER__ __BLOCKS__ $(cat /run/$1.pid) \
+		|| die "paired workload"
+	echo "@@>>"
 }
-lp_paired() {
-	local i side t0 t1 t2 t3 t4
+lp_paired() {   # NAME TAG [probes]
+	local i side t0 t1 t2 t3
 	for i in $(seq 0 $((2 * __LP_ROUNDS__ - 1))); do
-		side=$(arm $i)
+		side=$(switch $i $1 $3)
+		dmesg -C
 		t0=$(now)
 		insmod $KLPT_KMOD/klpt_lp.ko || die "insmod klpt_lp"
 		t1=$(now)
 		while [[ $(< $KLP_SYSFS/klpt_lp/transition) != 0 ]]; do sleep 0.02; done
 		t2=$(now)
+		echo "klpt-bench: disable" > /dev/kmsg
 		echo 0 > $KLP_SYSFS/klpt_lp/enabled
-		t3=$(now)
 		while [[ -e $KLP_SYSFS/klpt_lp ]]; do sleep 0.02; done
-		t4=$(now)
+		t3=$(now)
 		unload_lp klpt_lp
-		echo "@@insmod_s_${side}_$i=$(dt $t0 $t1)"
-		echo "@@enable_s_${side}_$i=$(dt $t0 $t2)"
-		echo "@@write0_s_${side}_$i=$(dt $t2 $t3)"
-		echo "@@disable_s_${side}_$i=$(dt $t2 $t4)"
+		echo "@@$2_insmod_s_${side}_$i=$(dt $t0 $t1)"
+		echo "@@$2_gone_s_${side}_$i=$(dt $t2 $t3)"
+		echo "@@$2_kmsg_$i<<"
+		dmesg | grep -E "enabling patch 'klpt_lp'|'klpt_lp': (un)?patching complete|klpt-bench: disable"
+		echo "@@>>"
 		sleep 0.5
 	done
-	echo 1 > $KPROBES
+	switch 0 $1 > /dev/null   # ON: the daemon reads what the rounds left
+	sleep 1
 }
 """
 
@@ -139,11 +171,12 @@ c0=$(cpu_ticks run1); t0=$(now)
 workload traced
 echo "@@daemon_cpu_s_run1=$(awk "BEGIN {print ($(cpu_ticks run1) - $c0) / $(getconf CLK_TCK)}")"
 echo "@@daemon_wall_s_run1=$(dt $t0 $(now))"
-workload_paired
+workload_paired run1
 stop_daemon run1
 workload base2
 start_daemon run2
-lp_paired
+lp_paired run2 daemon
+lp_paired run2 probes probes
 t0=$(now)
 for c in $(seq 1 __EVENTS__); do
 	load_mod klpt_mod; load_lp klpt_lp; load_lp klpt_lp2
@@ -165,6 +198,46 @@ def _series(got: dict, prefix: str) -> list[float]:
     return [float(got[k]) for k in sorted(keys, key=lambda k: int(k[len(prefix):]))]
 
 
+_KMSG = re.compile(r"^\[\s*([0-9.]+)\] (.*)$")
+
+
+def _kmsg_intervals(block: str) -> tuple[float, float]:
+    """(enable, disable) seconds on the guest kernel's log clock from one
+    round's lines: "enabling patch" -> "patching complete", and the bench's
+    marker -> "unpatching complete"."""
+    t: dict[str, float] = {}
+    for line in block.splitlines():
+        m = _KMSG.match(line.strip())
+        if not m:
+            continue
+        msg = m.group(2)
+        for key, needle in (("enabling", "enabling patch"), ("patched", "': patching complete"),
+                            ("marker", "klpt-bench: disable"), ("unpatched", "unpatching complete")):
+            if needle in msg:
+                t[key] = float(m.group(1))
+    return t["patched"] - t["enabling"], t["unpatched"] - t["marker"]
+
+
+def _paired_workload(block: str) -> list[float]:
+    values = []
+    for i, line in enumerate(block.split("\n")):
+        side, rate = line.split()
+        if side != abba.side(i):
+            raise ValueError(f"paired block {i} is {side!r}, expected {abba.side(i)!r}")
+        values.append(float(rate))
+    return values
+
+
+def _paired(values: list[float], target: float, at_least: bool) -> dict:
+    ratios = abba.quad_ratios(values)
+    ci = abba.median_ci(ratios)
+    on = [v for i, v in enumerate(values) if abba.side(i) == "on"]
+    off = [v for i, v in enumerate(values) if abba.side(i) == "off"]
+    return {"values": values, "quad_ratios": ratios, "ratio": ci[0], "ci95": [ci[1], ci[2]],
+            "median_on": statistics.median(on), "median_off": statistics.median(off),
+            "target": target, "verdict": abba.verdict(ci, target, at_least=at_least)}
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("bench_lab: the lab needs root", file=sys.stderr)
@@ -176,7 +249,8 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = kmod.stage_modules(kmod.build_modules(kernel), out_dir / "kmod")
     subst = {"__KMOD__": str(staged), "__ROOT__": str(ROOT), "__KLP__": str(KLP),
-             "__ROUNDS__": str(ROUNDS), "__ITER__": str(ITER),
+             "__ROUNDS__": str(ROUNDS), "__ITER__": str(ITER), "__BLOCKS__": str(BLOCKS),
+             "__BLOCK_ITER__": str(BLOCK_ITER),
              "__LP_ROUNDS__": str(LP_ROUNDS), "__EVENTS__": str(EVENTS)}
     script = _HELPERS + _SCRIPT
     for k, v in subst.items():
@@ -186,7 +260,7 @@ def main() -> int:
     results, dmesg = vm.run_commands(
         kernel, [f"bash {out_dir}/guest.sh",
                  f"python3 {ROOT}/tests/bench/guest_bccmem.py"],
-        timeout=2400 + 20 * EVENTS)
+        timeout=2400 + 20 * EVENTS + 10 * LP_ROUNDS, cpus=CPUS)
     wall = time.monotonic() - t
     out = results[0].output
     (out_dir / "guest.out").write_text(out)
@@ -201,28 +275,31 @@ def main() -> int:
         return 1
 
     med = statistics.median
-    ratio = lambda a, b: med(a) / med(b)  # noqa: E731
     base = _series(got, "wl_base1_") + _series(got, "wl_base2_")
     traced = _series(got, "wl_traced_")
-    armed, disarmed = _series(got, "wl_armed_"), _series(got, "wl_disarmed_")
     hits = re.search(r"probe hits (\d+)", got.get("log_run1", ""))
     freed = [re.findall(r"[0-9.]+", got.get(f"freed_run{i}", "")) for i in (1, 2)]
-    lp = {f"{what}_{side}": _series(got, f"{what}_s_{side}_")
-          for what in ("insmod", "enable", "write0", "disable") for side in ("armed", "disarmed")}
+    n_lp = 2 * LP_ROUNDS
+    paired = {"workload": _paired(_paired_workload(got["paired"]), 0.99, True)}
+    for tag in ("daemon", "probes"):
+        kmsg = [_kmsg_intervals(got[f"{tag}_kmsg_{i}"]) for i in range(n_lp)]
+        paired[f"{tag}_enable"] = _paired([k[0] for k in kmsg], 1.05, False)
+        paired[f"{tag}_disable"] = _paired([k[1] for k in kmsg], 1.05, False)
+        for what in ("insmod", "gone"):
+            paired[f"{tag}_{what}"] = _paired(
+                [float(got[f"{tag}_{what}_s_{abba.side(i)}_{i}"]) for i in range(n_lp)],
+                1.05, False)
     stopped2 = re.search(r"stopped: .*", got.get("log_run2", ""))
     mb = lambda kb: int(got[kb]) / 1024  # noqa: E731
     fig = {
         "kernel": kernel.release if hasattr(kernel, "release") else str(kernel),
+        "cpus": CPUS,
         "workload_base_ops_s": base, "workload_traced_ops_s": traced,
-        "workload_ratio": ratio(traced, base),
-        "workload_armed_ops_s": armed, "workload_disarmed_ops_s": disarmed,
-        "workload_paired_ratio": ratio(armed, disarmed),
+        "workload_ratio": med(traced) / med(base),
+        "paired": paired,
         "probe_hits_during_workload": int(hits.group(1)) if hits else None,
         "daemon_cpu_s": float(got["daemon_cpu_s_run1"]),
         "daemon_wall_s": float(got["daemon_wall_s_run1"]),
-        **{f"lp_{k}_s": v for k, v in lp.items()},
-        **{f"{w}_ratio": ratio(lp[f"{w}_armed"], lp[f"{w}_disarmed"])
-           for w in ("insmod", "enable", "write0", "disable")},
         "start_s": [float(got["start_s_run1"]), float(got["start_s_run2"])],
         "rss_mb_attach": [mb("rss_kb_run1_attach"), mb("rss_kb_run2_attach")],
         # the daemon's log: VmRSS right before / after free_compiler_memory()
@@ -242,27 +319,29 @@ def main() -> int:
     (out_dir / "figures.json").write_text(json.dumps(fig, indent=2))
     f2 = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     cpu_pct = 100 * fig["daemon_cpu_s"] / fig["daemon_wall_s"]
+
+    def paired_row(name: str, key: str, unit: str, scale: float = 1.0) -> tuple[str, str, str]:
+        p = paired[key]
+        cmp = ">=" if key == "workload" else "<="
+        return (f"{name} ({unit}, median ON / OFF)",
+                f"{p['median_on'] * scale:.1f} / {p['median_off'] * scale:.1f}",
+                f"ON/OFF {p['ratio']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] "
+                f"({len(p['quad_ratios'])} quads; target {cmp} {p['target']}: {p['verdict']})")
+
     rows = [
-        ("workload ops/s without daemon (median)", f"{med(base):.0f}", f"rounds: {f2(base)}"),
-        ("workload ops/s with daemon (median)", f"{med(traced):.0f}", f"rounds: {f2(traced)}"),
-        ("workload ratio with/without daemon", f"{fig['workload_ratio']:.3f}",
-         "rounds minutes apart: drift-prone"),
-        ("paired: kprobes armed / disarmed (median)", f"{med(armed):.0f} / {med(disarmed):.0f}",
-         f"ratio {fig['workload_paired_ratio']:.3f} (target >= 0.99); "
-         f"armed {f2(armed)}; disarmed {f2(disarmed)}"),
+        paired_row("paired workload", "workload", "iterations/s"),
         ("probe hits during workload", str(fig["probe_hits_during_workload"]), "target 0"),
         ("daemon CPU while the workload ran", f"{fig['daemon_cpu_s']:.2f} s",
          f"over {fig['daemon_wall_s']:.0f} s: {cpu_pct:.2f} % of one CPU"),
-    ]
-    for w, what in (("insmod", "insmod klpt_lp (synchronous enable)"),
-                    ("enable", "insmod -> transition complete"),
-                    ("write0", "echo 0 > enabled (synchronous disable)"),
-                    ("disable", "disable -> unpatched, sysfs gone")):
-        a, d = lp[f"{w}_armed"], lp[f"{w}_disarmed"]
-        rows.append((f"{what}, s", f"{med(a):.3f} / {med(d):.3f}",
-                     f"armed / disarmed; ratio {fig[w + '_ratio']:.3f} (target <= 1.05); "
-                     f"armed {f2(a)}; disarmed {f2(d)}"))
-    rows += [
+        ("workload with / without daemon (median)", f"{med(traced):.0f} / {med(base):.0f}",
+         f"ratio {fig['workload_ratio']:.3f}: rounds minutes apart, drift-prone; "
+         f"with {f2(traced)}; without {f2(base)}"),
+        *(paired_row(f"{what}, {tag}", f"{tag}_{key}", "ms", 1000)
+          for tag in ("daemon", "probes")
+          for key, what in (("enable", "enable, kernel log clock"),
+                            ("disable", "disable, kernel log clock"),
+                            ("insmod", "insmod klpt_lp"),
+                            ("gone", "echo 0 -> sysfs dir gone"))),
         ("daemon start to ready, s", f2(fig["start_s"]), "run 1 (cold) / run 2"),
         ("VmRSS before freeing the compiler, MB", f2(fig["rss_mb_before_free"]),
          "daemon log, run 1 / run 2"),
@@ -273,9 +352,10 @@ def main() -> int:
          f"VmHWM {fig['hwm_mb_events']:.2f}; {fig['records_run2']} trace lines"),
     ]
     w = max(len(r[0]) for r in rows)
-    print(f"\nlab bench ({fig['kernel']}; one boot, {wall:.0f} s wall; figures in {out_dir})")
+    print(f"\nlab bench ({fig['kernel']}, {CPUS} vCPU; one boot, {wall:.0f} s wall; "
+          f"figures in {out_dir})")
     for name, val, note in rows:
-        print(f"  {name:<{w}}  {val:>14}  {note}")
+        print(f"  {name:<{w}}  {val:>15}  {note}")
     if fig["run2_stopped"]:
         print(f"  run 2: {fig['run2_stopped']}")
     print(f"  run 2 trace: {fig['run2_validate']} (validate exit {fig['run2_validate_rc']})")

@@ -48,13 +48,14 @@ def _vng_env() -> dict[str, str]:
 
 
 def vng_argv(kernel: Kernel, *, exec_cmd: str | None = None, rwdirs: tuple[Path, ...] = (),
-             cwd: Path | None = None, append: tuple[str, ...] = ()) -> list[str]:
+             cwd: Path | None = None, append: tuple[str, ...] = (),
+             cpus: int = CPUS) -> list[str]:
     if find_qemu() is None:
         raise LabError("no means", "qemu-system-x86_64 not found (Debian package qemu-system-x86)")
     if not kernel.vmlinuz.exists():
         raise LabError("boot", f"{kernel.vmlinuz} missing")
     argv = [str(vng_path()), "--run", str(kernel.vmlinuz), "--disable-kvm",
-            "--memory", MEMORY, "--cpus", str(CPUS)]
+            "--memory", MEMORY, "--cpus", str(cpus)]
     for d in rwdirs:
         argv += ["--rwdir", str(d)]
     if cwd is not None:
@@ -82,7 +83,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def run_guest(kernel: Kernel, exec_cmd: str, *, rwdirs: tuple[Path, ...],
-              console_log: Path, watchdog: Watchdog) -> int:
+              console_log: Path, watchdog: Watchdog, cpus: int = CPUS) -> int:
     """Boot, run exec_cmd, return vng's exit code once the guest powered off.
     Raises the watchdog's LabError (after killing qemu) when a limit passes."""
     # qemu runs in its own session (so we can kill all of vng's processes at
@@ -94,7 +95,7 @@ def run_guest(kernel: Kernel, exec_cmd: str, *, rwdirs: tuple[Path, ...],
             saved[sig] = signal.signal(sig, _raise_terminated)
     try:
         return _run_guest(kernel, exec_cmd, rwdirs=rwdirs, console_log=console_log,
-                          watchdog=watchdog)
+                          watchdog=watchdog, cpus=cpus)
     except _Terminated as t:
         raise LabError("guest", f"interrupted by signal {t.args[0]}; VM stopped") from None
     finally:
@@ -103,8 +104,8 @@ def run_guest(kernel: Kernel, exec_cmd: str, *, rwdirs: tuple[Path, ...],
 
 
 def _run_guest(kernel: Kernel, exec_cmd: str, *, rwdirs: tuple[Path, ...],
-               console_log: Path, watchdog: Watchdog) -> int:
-    argv = vng_argv(kernel, exec_cmd=exec_cmd, rwdirs=rwdirs)
+               console_log: Path, watchdog: Watchdog, cpus: int) -> int:
+    argv = vng_argv(kernel, exec_cmd=exec_cmd, rwdirs=rwdirs, cpus=cpus)
     lines: queue.Queue[str | None] = queue.Queue()
     with open(console_log, "w") as log:
         log.write("$ " + shlex.join(argv) + "\n")
@@ -181,9 +182,10 @@ class CommandResult:
 
 
 def run_commands(kernel: Kernel, commands: list[str], *, timeout: float = 600,
-                 on_line: Callable[[str], None] | None = None) -> tuple[list[CommandResult], str]:
-    """Boot once, run each shell command in turn; return their results and
-    the guest's kernel log."""
+                 on_line: Callable[[str], None] | None = None,
+                 cpus: int = CPUS) -> tuple[list[CommandResult], str]:
+    """Boot once (with `cpus` vCPUs), run each shell command in turn; return
+    their results and the guest's kernel log."""
     with tempfile.TemporaryDirectory(prefix="klpt-lab-cmd-", dir="/tmp") as d:
         run = Path(d)
         script = ["#!/bin/bash"]
@@ -195,7 +197,7 @@ def run_commands(kernel: Kernel, commands: list[str], *, timeout: float = 600,
         if on_line is not None:
             wd.on_line = on_line  # type: ignore[method-assign]
         run_guest(kernel, f"bash {run}/run.sh", rwdirs=(run,), console_log=run / "console.log",
-                  watchdog=wd)
+                  watchdog=wd, cpus=cpus)
         results = []
         for i, c in enumerate(commands):
             rc_file = run / f"{i}.rc"
