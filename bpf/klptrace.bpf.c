@@ -29,8 +29,16 @@ BPF_HASH(task_ctx, u32, u32, 64);               /* tid -> KLPT_CTX_* inside klp_
 BPF_HASH(enable_arg, u32, u64, 64);             /* tid -> patch, for klp_enable_patch's return */
 BPF_HASH(coming_arg, u32, u64, 64);             /* tid -> mod, for klp_module_coming's/going's return */
 BPF_HASH(patch_obj_arg, u32, u64, 64);          /* tid -> obj, for klp_patch_object's return */
-BPF_HASH(direct_arg, u32, u64, 256);            /* tid -> obj, for a callback's return */
-BPF_HASH(direct_ip, u32, u64, 256);             /* tid -> probed address, for a callback's return */
+/* tid -> obj / probed address, from a callback's entry to its return. Only an
+ * entry probe whose return is probed too (pre_patch's) stores here: the other
+ * callbacks return void and have no return probe, so their entries would never
+ * be deleted, and a long run filled the table (one entry per task that ever ran
+ * a callback: insmod, the sysfs writer) until pre_patch's entry could no longer
+ * store and its return record was silently lost (found by make stress at cycle
+ * 70 of 200). LRU as well: an entry whose return never fires (a kretprobe
+ * miss) is evicted instead of taking a slot for good. */
+BPF_TABLE("lru_hash", u32, u64, direct_arg, 1024);
+BPF_TABLE("lru_hash", u32, u64, direct_ip, 1024);
 BPF_HASH(armed, u64, u8, 1024);                 /* callback address -> direct probe armed (set by Python) */
 
 /*
@@ -387,13 +395,20 @@ int on_core_pre_unpatch(struct pt_regs *ctx, struct klp_object *obj)  { return c
 int on_core_post_unpatch(struct pt_regs *ctx, struct klp_object *obj) { return core_event(ctx, obj, 3); }
 
 /* direct: a kprobe on the livepatch module's callback function; its first
- * argument is the struct klp_object it runs for. */
+ * argument is the struct klp_object it runs for. on_direct_pre is the entry
+ * program of a function whose return is probed too (on_direct_ret). */
 int on_direct(struct pt_regs *ctx)
 {
 	hit(19);
-	struct klp_object *obj = (struct klp_object *)PT_REGS_PARM1(ctx);
+	u64 o = (u64)PT_REGS_PARM1(ctx);
+	return jump(ctx, SNAP_OBJ, KLPT_DIRECT, o, 0, PT_REGS_IP(ctx));
+}
+
+int on_direct_pre(struct pt_regs *ctx)
+{
+	hit(19);
 	u32 t = tid();
-	u64 o = (u64)obj;
+	u64 o = (u64)PT_REGS_PARM1(ctx);
 	u64 ip = PT_REGS_IP(ctx);
 	direct_arg.update(&t, &o);
 	direct_ip.update(&t, &ip);

@@ -139,8 +139,8 @@ class Daemon:
             if addr not in names:
                 continue
             mod, sym = names[addr]
-            errs = [self.probes.add(Target(mod, sym, ret), self.loader) for ret in
-                    sorted({False} | rets)]
+            errs = [self.probes.add(Target(mod, sym, ret, paired=not ret and True in rets),
+                                    self.loader) for ret in sorted({False} | rets)]
             if any(errs):
                 log(f"warning: direct probe {mod}:{sym}: {[e for e in errs if e][0]}")
                 continue

@@ -78,12 +78,16 @@ class Loader:
             return str(e).splitlines()[0] if str(e) else type(e).__name__
         return None
 
-    def attach_tracefs(self, group: str, event: str, ret: bool) -> str | None:
-        """Attach on_direct/on_direct_ret to a tracefs kprobe event (one created
-        in kprobe_events, possibly for a module not loaded yet). A kprobe event
-        takes a BPF_PROG_TYPE_KPROBE program through perf_event_open on its id."""
+    def attach_tracefs(self, group: str, event: str, ret: bool, *,
+                       paired: bool = False) -> str | None:
+        """Attach on_direct (on_direct_pre if the function's return is probed
+        too, so that on_direct_ret finds its argument; on_direct_ret for the
+        return) to a tracefs kprobe event (one created in kprobe_events, possibly
+        for a module not loaded yet). A kprobe event takes a
+        BPF_PROG_TYPE_KPROBE program through perf_event_open on its id."""
         from bcc.libbcc import lib
-        fn = self.bpf.load_func("on_direct_ret" if ret else "on_direct", self._BPF.KPROBE)
+        prog = "on_direct_ret" if ret else "on_direct_pre" if paired else "on_direct"
+        fn = self.bpf.load_func(prog, self._BPF.KPROBE)
         fd = lib.bpf_attach_tracepoint(fn.fd, group.encode(), event.encode())
         if fd < 0:
             return f"perf attach to {group}/{event} failed: {os.strerror(ctypes.get_errno() or 22)}"

@@ -43,6 +43,7 @@ class Target:
     module: str
     symbol: str
     ret: bool            # a return probe (pre_patch's return code)
+    paired: bool = False # an entry probe whose function's return is probed too
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,12 @@ class Preload:
 
     def targets(self) -> list[Target]:
         seen, out = set(), []
+        # a function can serve several callbacks; its return is probed if any is a pre_patch
+        pre = {(c.module, c.symbol) for c in self.callbacks if c.callback == "pre_patch"}
         for c in self.callbacks:
-            for t in (Target(c.module, c.symbol, False),
-                      Target(c.module, c.symbol, True) if c.callback == "pre_patch" else None):
+            paired = (c.module, c.symbol) in pre
+            for t in (Target(c.module, c.symbol, False, paired),
+                      Target(c.module, c.symbol, True) if paired else None):
                 if t is not None and t not in seen:
                     seen.add(t)
                     out.append(t)
@@ -247,7 +251,7 @@ class TracefsProbes:
         except OSError as e:
             return f"kprobe_events refused it: {e.strerror or e} ({self.error_log()})"
         self.mine.append(f"{GROUP}/{name}")
-        return loader.attach_tracefs(GROUP, name, t.ret)
+        return loader.attach_tracefs(GROUP, name, t.ret, paired=t.paired)
 
     def remove_all(self) -> None:
         for ev in self.mine:

@@ -46,7 +46,7 @@ def main() -> None:
     mem("import")
     b = BPF(src_file=str(ROOT / "bpf" / "klptrace.bpf.c").encode(),
             cflags=[f"-I{ROOT / 'bpf'}", "-Wno-unused-function"])
-    for name in ("do_snap_patch", "do_snap_obj", "on_direct", "on_direct_ret"):
+    for name in ("do_snap_patch", "do_snap_obj", "on_direct", "on_direct_pre", "on_direct_ret"):
         b.load_func(name, BPF.KPROBE)
     mem("compiled")
     ctypes.CDLL("libc.so.6").malloc_trim(0)
