@@ -235,7 +235,8 @@ def _paired(values: list[float], target: float, at_least: bool) -> dict:
     off = [v for i, v in enumerate(values) if abba.side(i) == "off"]
     return {"values": values, "quad_ratios": ratios, "ratio": ci[0], "ci95": [ci[1], ci[2]],
             "median_on": statistics.median(on), "median_off": statistics.median(off),
-            "target": target, "verdict": abba.verdict(ci, target, at_least=at_least)}
+            "target": target, "at_least": at_least,
+            "verdict": abba.verdict(ci, target, at_least=at_least)}
 
 
 def main() -> int:
@@ -322,7 +323,7 @@ def main() -> int:
 
     def paired_row(name: str, key: str, unit: str, scale: float = 1.0) -> tuple[str, str, str]:
         p = paired[key]
-        cmp = ">=" if key == "workload" else "<="
+        cmp = ">=" if p["at_least"] else "<="
         return (f"{name} ({unit}, median ON / OFF)",
                 f"{p['median_on'] * scale:.1f} / {p['median_off'] * scale:.1f}",
                 f"ON/OFF {p['ratio']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] "
