@@ -36,5 +36,6 @@ def test_tracer_started_once_and_trace_handed_over_per_scenario(lab_means: None,
     assert (out / "tracer.rc").read_text().strip() == "0"   # stopped by SIGINT, cleanly
     record = json.loads(r.trace_path.read_text().splitlines()[0])
     assert record["handed_over_by"] == "SIGHUP"
-    assert [Path(p).name for p in record["preload"]] == ["klpt_lp.ko", "klpt_lp2.ko"]
+    from tracer.lab.kmod import LIVEPATCHES
+    assert [Path(p).name for p in record["preload"]] == [f"{m}.ko" for m in LIVEPATCHES]
     assert all(Path(p).exists() for p in record["preload"])

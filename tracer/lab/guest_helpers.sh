@@ -112,6 +112,13 @@ set_pre_patch_ret() {
 		die "pre_patch_ret of $mod not set"
 }
 
+# record_text NAME: the address of module NAME's .text in the kernel log
+# ("klpt-lab: text NAME 0x..."), so a test can tell whether a module landed
+# at another one's old addresses.
+record_text() {
+	klog "text $1 $(cat /sys/module/$1/sections/.text 2>/dev/null || echo unknown)"
+}
+
 # reset_livepatch_state: disable every livepatch, wait for transitions, unload
 # every lab module, so the next scenario starts clean. Never dies: it reports
 # what it could not clean (returns 1).
@@ -128,7 +135,14 @@ reset_livepatch_state() {
 		done
 		loop_until '! ls $KLP_SYSFS/*/transition >/dev/null 2>&1' || ok=1
 	}
-	for mod in klpt_lp2 klpt_lp klpt_mod klpt_busy; do
+	# every lab module (klpt_*), the livepatches first: they may patch the others
+	local mods=() m
+	for m in /sys/module/klpt_*; do
+		[[ -e $m ]] || continue
+		m=${m##*/}
+		if is_livepatch_mod "$m"; then mods=("$m" "${mods[@]}"); else mods+=("$m"); fi
+	done
+	for mod in "${mods[@]}"; do
 		[[ -e /sys/module/$mod ]] || continue
 		echo 0 > /sys/module/$mod/parameters/sleep_secs 2>/dev/null
 		loop_until '[[ $(cat /sys/module/$mod/refcnt 2>/dev/null) == 0 ]]'

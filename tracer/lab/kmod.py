@@ -16,8 +16,12 @@ from .cachedir import KMOD_SOURCE_DIR, cache_dir
 from .errors import LabError
 from .packages import Kernel
 
-MODULES = ("klpt_lp", "klpt_lp2", "klpt_mod", "klpt_busy")
-LIVEPATCHES = ("klpt_lp", "klpt_lp2")
+# keep in step with tests/kmod/Makefile (tests/unit/test_lab_modules.py)
+LIVEPATCHES = ("klpt_lp", "klpt_lp2", "klpt_up1", "klpt_up2", "klpt_cum1", "klpt_cum2",
+               "klpt_cum3", "klpt_many")
+TARGETS = ("klpt_mod", "klpt_busy", "klpt_t01", "klpt_t02", "klpt_t03", "klpt_t09",
+           "klpt_t10", "klpt_t11")
+MODULES = LIVEPATCHES + TARGETS
 BUILD_TIMEOUT = 300
 
 

@@ -7,7 +7,10 @@ behaviour beside it.
 Expected entries are (patch, object, callback, pre_patch return or None).
 
 Objects of klpt_lp, in callback order: vmlinux, klpt_mod, klpt_busy.
-klpt_lp2 has one object, vmlinux.
+klpt_lp2 has one object, vmlinux. The shapes fleets see beyond the selftests
+(issue 12): klpt_up1/klpt_up2 (version 1 and 2 of one fix, same layout),
+klpt_cum1..3 (releases of one cumulative `replace` patch) have the objects
+vmlinux, klpt_mod; klpt_many has twelve: vmlinux, klpt_t01 ... klpt_t11.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LP, LP2 = "klpt_lp", "klpt_lp2"
+UP1, UP2 = "klpt_up1", "klpt_up2"
+CUM1, CUM2, CUM3 = "klpt_cum1", "klpt_cum2", "klpt_cum3"
+MANY = "klpt_many"
 VMLINUX, MOD, BUSY = "vmlinux", "klpt_mod", "klpt_busy"
 PRE, POST, PRE_UN, POST_UN = "pre_patch", "post_patch", "pre_unpatch", "post_unpatch"
 ENODEV = -19
@@ -36,6 +42,20 @@ def _pre(patch: str, obj: str, ret: int = 0) -> Expected:
 
 def _cb(patch: str, obj: str, callback: str) -> Expected:
     return (patch, obj, callback, None)
+
+
+def _cycle(patch: str, objs: tuple[str, ...], *, unpatch: bool = True) -> tuple[Expected, ...]:
+    """An enable of `patch` with `objs` loaded (in object order), then, if
+    `unpatch`, its disable."""
+    out = tuple(_pre(patch, o) for o in objs) + tuple(_cb(patch, o, POST) for o in objs)
+    if unpatch:
+        out += tuple(_cb(patch, o, PRE_UN) for o in objs) + \
+            tuple(_cb(patch, o, POST_UN) for o in objs)
+    return out
+
+
+def _t(n: int) -> str:
+    return f"klpt_t{n:02d}"
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -191,6 +211,76 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected=(_pre(LP, VMLINUX), _cb(LP, VMLINUX, POST),
                   _pre(LP2, VMLINUX), _cb(LP2, VMLINUX, POST),
                   _cb(LP2, VMLINUX, PRE_UN), _cb(LP2, VMLINUX, POST_UN)),
+    ),
+    Scenario(
+        "upgrade-address-reuse",
+        "A fleet upgrade: version 1 of a fix is disabled and unloaded, version 2 "
+        "(another module of the same layout) is loaded and lands at version 1's "
+        "addresses; each runs its own callbacks.",
+        steps=("load_mod klpt_mod",
+               "load_lp klpt_up1",
+               "record_text klpt_up1",
+               "disable_lp klpt_up1",
+               "unload_lp klpt_up1",
+               "load_lp klpt_up2",
+               "record_text klpt_up2",
+               "disable_lp klpt_up2",
+               "unload_lp klpt_up2",
+               "unload_mod klpt_mod"),
+        expected=_cycle(UP1, (VMLINUX, MOD)) + _cycle(UP2, (VMLINUX, MOD)),
+    ),
+    Scenario(
+        "cumulative-upgrade-rollback",
+        "Three releases of a cumulative (replace) livepatch: each replaces the one "
+        "enabled (no callbacks of the replaced one), the replaced module is "
+        "unloaded; then a rollback to release 2 and an upgrade to release 3 "
+        "again; finally release 3 is disabled.",
+        steps=("load_mod klpt_mod",
+               "load_lp klpt_cum1",
+               "load_lp klpt_cum2",
+               "unload_lp klpt_cum1",
+               "load_lp klpt_cum3",
+               "unload_lp klpt_cum2",
+               "load_lp klpt_cum2",
+               "unload_lp klpt_cum3",
+               "load_lp klpt_cum3",
+               "unload_lp klpt_cum2",
+               "disable_lp klpt_cum3",
+               "unload_lp klpt_cum3",
+               "unload_mod klpt_mod"),
+        expected=(_cycle(CUM1, (VMLINUX, MOD), unpatch=False)
+                  + _cycle(CUM2, (VMLINUX, MOD), unpatch=False)
+                  + _cycle(CUM3, (VMLINUX, MOD), unpatch=False)
+                  + _cycle(CUM2, (VMLINUX, MOD), unpatch=False)
+                  + _cycle(CUM3, (VMLINUX, MOD))),
+    ),
+    Scenario(
+        "many-objects",
+        "A livepatch with twelve objects: four targets loaded before the enable "
+        "(two of them beyond the eighth object), two after it, two unloaded while "
+        "patched, five never loaded; every loaded object runs its callbacks.",
+        steps=("load_mod klpt_t01",
+               "load_mod klpt_t02",
+               "load_mod klpt_t09",
+               "load_mod klpt_t10",
+               "load_lp klpt_many",
+               "load_mod klpt_t03",
+               "load_mod klpt_t11",
+               "unload_mod klpt_t02",
+               "unload_mod klpt_t10",
+               "disable_lp klpt_many",
+               "unload_lp klpt_many",
+               "unload_mod klpt_t01",
+               "unload_mod klpt_t03",
+               "unload_mod klpt_t09",
+               "unload_mod klpt_t11"),
+        expected=(_cycle(MANY, (VMLINUX, _t(1), _t(2), _t(9), _t(10)), unpatch=False)
+                  + (_pre(MANY, _t(3)), _cb(MANY, _t(3), POST),
+                     _pre(MANY, _t(11)), _cb(MANY, _t(11), POST),
+                     _cb(MANY, _t(2), PRE_UN), _cb(MANY, _t(2), POST_UN),
+                     _cb(MANY, _t(10), PRE_UN), _cb(MANY, _t(10), POST_UN))
+                  + tuple(_cb(MANY, o, PRE_UN) for o in (VMLINUX, _t(1), _t(3), _t(9), _t(11)))
+                  + tuple(_cb(MANY, o, POST_UN) for o in (VMLINUX, _t(1), _t(3), _t(9), _t(11)))),
     ),
 )
 

@@ -1,0 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
+/* klpt_cum2: release 2 of the cumulative livepatch (see klpt_cumulative.h). */
+#include "klpt_cumulative.h"
+MODULE_DESCRIPTION("klptrace lab: cumulative livepatch, release 2");

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The body of the small target modules klpt_tNN of klpt_many: each has one
+ * function, klpt_tNN_answer(), that klpt_many replaces. KLPT_TARGET is the
+ * function's name, defined by the includer.
+ */
+#include <linux/module.h>
+#include <linux/kernel.h>
+
+/* noinline: livepatch needs a real, ftrace-able function to redirect. */
+noinline int KLPT_TARGET(void)
+{
+	return 42;
+}
+
+static int klpt_target_init(void)
+{
+	return KLPT_TARGET() == 42 ? 0 : -EINVAL;
+}
+
+static void klpt_target_exit(void)
+{
+}
+
+module_init(klpt_target_init);
+module_exit(klpt_target_exit);
+MODULE_LICENSE("GPL");

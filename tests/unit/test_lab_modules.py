@@ -1,0 +1,28 @@
+"""The lab's module list (tracer/lab/kmod.py) and the kbuild Makefile of
+tests/kmod agree, and every scenario step names a module that is built."""
+
+import re
+from pathlib import Path
+
+from tracer.lab import kmod, scenarios
+
+KMOD = Path(__file__).resolve().parents[1] / "kmod"
+
+
+def test_makefile_builds_exactly_the_lab_modules():
+    text = (KMOD / "Makefile").read_text()
+    built = {m for line in re.findall(r"^obj-m\s*[:+]?=(.*)$", text, re.M)
+             for m in re.findall(r"(\w+)\.o", line)}
+    assert built == set(kmod.MODULES)
+    assert set(kmod.LIVEPATCHES) <= set(kmod.MODULES)
+    for m in kmod.MODULES:
+        assert (KMOD / f"{m}.c").exists(), m
+
+
+def test_scenario_steps_name_built_modules():
+    for s in scenarios.SCENARIOS:
+        for step in s.steps:
+            parts = step.split()
+            if parts[0] in ("load_mod", "load_lp", "load_lp_nowait", "unload_mod", "unload_lp",
+                            "disable_lp", "load_failing_mod", "record_text"):
+                assert parts[1] in kmod.MODULES, (s.name, step)
