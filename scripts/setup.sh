@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 # Host packages. bcc: python3-bpfcc (never PyPI's unrelated "bcc"). promtool: prometheus.
 # qemu/busybox-static: the lab VM (virtme-ng). make/gcc/kmod: building test livepatches.
+# debootstrap: the lab's guest userland for a kernel the host cannot serve (--kernel sid).
 PKGS=(python3 python3-venv python3-bpfcc qemu-system-x86 busybox-static make gcc kmod
-      prometheus systemd openssl)
+      debootstrap prometheus systemd openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do

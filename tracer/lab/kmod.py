@@ -23,6 +23,7 @@ TARGETS = ("klpt_mod", "klpt_busy", "klpt_t01", "klpt_t02", "klpt_t03", "klpt_t0
            "klpt_t10", "klpt_t11")
 MODULES = LIVEPATCHES + TARGETS
 BUILD_TIMEOUT = 300
+ROOT_KMOD_DIR = "/var/lib/klptrace-lab/kmod"   # in a guest root (its /var/cache is hidden)
 
 
 def _sources() -> list[Path]:
@@ -39,9 +40,13 @@ def _digest(kernel: Kernel) -> str:
 
 def build_modules(kernel: Kernel, progress: Callable[[str], None] = print) -> Path:
     """Directory holding klpt_*.ko built against kernel's headers."""
-    if not kernel.build_dir.exists():
-        raise LabError("build", f"no headers for {kernel.release} at {kernel.build_dir}")
-    out = cache_dir() / "kmod" / kernel.release
+    headers = kernel.build_dir if kernel.root is None else kernel.headers_dir
+    if not headers.exists():
+        raise LabError("build", f"no headers for {kernel.release} at {headers}")
+    # A kernel with a guest root (rootfs.py) is built chrooted into it, with
+    # its suite's gcc, so its sources and build live inside the root.
+    out = (cache_dir() / "kmod" / kernel.release if kernel.root is None
+           else kernel.host_path(ROOT_KMOD_DIR) / kernel.release)
     stamp = out / ".klpt-sources"
     digest = _digest(kernel)
     if (stamp.exists() and stamp.read_text() == digest
@@ -54,6 +59,9 @@ def build_modules(kernel: Kernel, progress: Callable[[str], None] = print) -> Pa
         shutil.copy2(p, out / p.name)
     progress(f"lab: building {', '.join(MODULES)} for {kernel.release}")
     cmd = ["make", "-C", str(kernel.build_dir), f"M={out}", "modules"]
+    if kernel.root is not None:
+        cmd = ["chroot", str(kernel.root), "make", "-C", str(kernel.build_dir),
+               f"M={ROOT_KMOD_DIR}/{kernel.release}", "modules"]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -27,15 +27,40 @@ from typing import Callable
 from .cachedir import cache_dir
 from .errors import LabError
 
-HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "python3-bpfcc", "kmod", "make", "gcc")
+HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "python3-bpfcc", "kmod", "make", "gcc",
+                 "debootstrap")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
-# --kernel values besides the default (Debian stable's own kernel): the suite
-# whose linux-image-amd64 provides that series. The private sources also list
-# bookworm itself, for the kernel packages' ordinary dependencies.
-SERIES_SUITES = {"6.12": "bookworm-backports"}
+# --kernel values besides the default (Debian stable's own kernel).
+@dataclass(frozen=True)
+class Line:
+    """A kernel line: the suite whose linux-image-amd64 gives the kernel, the
+    suites a private apt configuration lists for it, and whether the host can
+    serve it (install it on the host and use the host's gcc/bcc) or the lab
+    brings a guest userland of the suite (rootfs.py)."""
+    spec: str                  # the --kernel value
+    suite: str                 # where linux-image-amd64 is looked up
+    suites: tuple[str, ...]    # the suites madison may answer from (newest wins)
+    sources: tuple[str, ...]   # the private sources.list's suites
+    series: str | None         # the release must start with "SERIES." (None: any)
+    guest_root: bool           # True: a debootstrap'ed root of the suite boots
+
+BOOKWORM = ("bookworm", "bookworm-updates", "bookworm-security")
+LINES = {
+    "6.12": Line("6.12", "bookworm-backports", ("bookworm-backports",),
+                 (*BOOKWORM, "bookworm-backports"), "6.12", False),
+    # bullseye's kernel on the host: its headers pull bullseye's gcc-10
+    # (linux-compiler-gcc-10-x86), 13 new packages, nothing of the host's
+    # upgraded; bookworm's bcc compiles against its headers in the guest.
+    "5.10": Line("5.10", "bullseye", ("bullseye-security", "bullseye-updates", "bullseye"),
+                 (*BOOKWORM, "bullseye", "bullseye-updates", "bullseye-security"), "5.10", False),
+    # sid's headers need sid's gcc (gcc-16-for-host) and glibc: not installable
+    # on a bookworm host. The lab boots a sid root with sid's bcc instead.
+    "sid": Line("sid", "sid", ("sid", "unstable"), ("sid",), None, True),
+}
+SERIES_SUITES = {k: l.suite for k, l in LINES.items()}   # kept for callers of old
 # Where Debian stable's (bookworm's) own kernel metapackage comes from.
 STABLE_SUITES = ("bookworm-security", "bookworm-updates", "bookworm")
 METAPACKAGES = ("linux-image-amd64", "linux-headers-amd64")
@@ -47,15 +72,27 @@ APT_TIMEOUT = 1800
 class Kernel:
     release: str       # `uname -r` of the guest, e.g. 6.1.0-56-amd64
     suite: str         # where it came from (bookworm, bookworm-backports, local)
+    root: Path | None = None   # a guest userland (rootfs.py) it boots over; None: the host's
+
+    def host_path(self, guest_path: str | Path) -> Path:
+        """Where a path of the guest's filesystem is on the host."""
+        p = Path(guest_path)
+        return self.root / p.relative_to("/") if self.root is not None else p
 
     @property
     def vmlinuz(self) -> Path:
-        return Path("/boot") / f"vmlinuz-{self.release}"
+        return self.host_path(f"/boot/vmlinuz-{self.release}")
 
     @property
     def build_dir(self) -> Path:
-        """The kernel's headers, as kbuild and bcc find them."""
+        """The kernel's headers, as kbuild and bcc find them (a guest path:
+        for a guest root, kbuild runs chrooted into it)."""
         return Path("/lib/modules") / self.release / "build"
+
+    @property
+    def headers_dir(self) -> Path:
+        """The headers on the host (Debian's build symlink is absolute)."""
+        return self.host_path(f"/usr/src/linux-headers-{self.release}")
 
     @property
     def series(self) -> str:
@@ -97,19 +134,18 @@ class AptConfig:
         self.name = name
 
     @classmethod
-    def private(cls, suite: str) -> "AptConfig":
+    def private(cls, suite: str, suites: tuple[str, ...] | None = None) -> "AptConfig":
+        """suites: those listed in the sources (default: bookworm's and suite)."""
         root = cache_dir() / "apt" / suite
         lists, cache = root / "lists", root / "cache"
         (lists / "partial").mkdir(parents=True, exist_ok=True)
         (cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         sources = root / "sources.list"
         opt = f"[signed-by={KEYRING}]"
-        text = "".join([
-            f"deb {opt} {MIRROR} bookworm main\n",
-            f"deb {opt} {MIRROR} bookworm-updates main\n",
-            f"deb {opt} {SECURITY_MIRROR} bookworm-security main\n",
-            f"deb {opt} {MIRROR} {suite} main\n" if suite != "bookworm" else "",
-        ])
+        if suites is None:
+            suites = (*BOOKWORM, suite) if suite != "bookworm" else BOOKWORM
+        text = "".join(f"deb {opt} {SECURITY_MIRROR if s.endswith('-security') else MIRROR} {s} main\n"
+                       for s in suites)
         if not sources.exists() or sources.read_text() != text:
             sources.write_text(text)
             for f in lists.glob("*_Packages*"):   # sources changed: lists stale
@@ -142,14 +178,20 @@ class AptConfig:
                     return parts[1]
         return None
 
-    def depends_of(self, package: str, version: str) -> str | None:
-        """The package a Debian metapackage version depends on."""
-        r = subprocess.run(["apt-cache", *self.options, "depends", "--important",
-                            f"{package}={version}"], capture_output=True, text=True)
-        for line in r.stdout.splitlines():
-            line = line.strip()
-            if line.startswith("Depends:"):
-                return line.split(":", 1)[1].strip().strip("<>")
+    def depends(self, package: str, version: str | None = None) -> list[str]:
+        """The packages a package (version) depends on (first alternatives)."""
+        spec = f"{package}={version}" if version else package
+        r = subprocess.run(["apt-cache", *self.options, "depends", "--important", spec],
+                           capture_output=True, text=True)
+        return [line.split(":", 1)[1].strip().strip("<>") for line in
+                (l.strip() for l in r.stdout.splitlines()) if line.startswith("Depends:")]
+
+    def depends_of(self, package: str, version: str, prefix: str = "") -> str | None:
+        """The package (starting with prefix) a Debian metapackage depends on:
+        sid's linux-image-amd64 depends on linux-base-amd64 first."""
+        for dep in self.depends(package, version):
+            if dep.startswith(prefix):
+                return dep
         return None
 
     def install(self, packages: list[str]) -> None:
@@ -181,7 +223,7 @@ def _resolve(apt: AptConfig, suites: tuple[str, ...]) -> str:
     """The kernel release (ABI) linux-image-amd64 of suites points at today."""
     for attempt in (1, 2):
         version = apt.archive_version("linux-image-amd64", suites)
-        dep = apt.depends_of("linux-image-amd64", version) if version else None
+        dep = apt.depends_of("linux-image-amd64", version, "linux-image-") if version else None
         if dep and dep.startswith("linux-image-"):
             return dep[len("linux-image-"):]
         if attempt == 1:
@@ -216,7 +258,8 @@ def resolve_kernel(spec: str | None = None, progress: Callable[[str], None] = pr
     """The kernel for --kernel SPEC / $KLPT_KERNEL, installed (image + headers).
 
     None, "", "stable", "default": Debian stable's linux-image-amd64.
-    A series in SERIES_SUITES ("6.12"): that suite's linux-image-amd64.
+    A line in LINES ("6.12", "5.10", "sid"): that suite's linux-image-amd64,
+    installed on the host, or (sid) into a guest root of the suite (rootfs.py).
     An exact release with /boot/vmlinuz-RELEASE and headers: used as is.
     """
     spec = (spec or "").strip()
@@ -225,23 +268,39 @@ def resolve_kernel(spec: str | None = None, progress: Callable[[str], None] = pr
         release = _resolve(apt, STABLE_SUITES)
         _install_kernel(apt, release, progress)
         return Kernel(release, "bookworm")
-    if spec in SERIES_SUITES:
-        suite = SERIES_SUITES[spec]
-        apt = AptConfig.private(suite)
+    if spec in LINES:
+        line = LINES[spec]
+        apt = AptConfig.private(line.suite, line.sources)
         if not apt.lists_fresh():
-            progress(f"lab: apt-get update ({suite}, private lists under {apt.lists.parent})")
+            progress(f"lab: apt-get update ({line.suite}, private lists under {apt.lists.parent})")
             apt.update()
-        release = _resolve(apt, (suite,))
-        if not release.startswith(spec + "."):
-            raise LabError("apt", f"{suite}'s linux-image-amd64 is {release}, not a {spec} kernel")
+        release = _resolve(apt, line.suites)
+        if line.series and not release.startswith(line.series + "."):
+            raise LabError("apt", f"{line.suite}'s linux-image-amd64 is {release}, "
+                                  f"not a {line.series} kernel")
+        if line.guest_root:
+            from .rootfs import ensure_root
+            root = ensure_root(line.suite, release, kernel_packages(apt, release), progress)
+            return Kernel(release, line.suite, root)
         _install_kernel(apt, release, progress)
-        return Kernel(release, suite)
+        return Kernel(release, line.suite)
     k = Kernel(spec, "local")
     if k.vmlinuz.exists() and k.build_dir.exists():
         return k
-    known = ", ".join(["stable", *SERIES_SUITES])
+    known = ", ".join(["stable", *LINES])
     raise LabError("bad input", f"unknown kernel {spec!r} (use one of: {known}, "
                                 f"or an installed release with headers)")
+
+
+def kernel_packages(apt: AptConfig, release: str) -> list[str]:
+    """The packages that give release's image, modules and headers. Where the
+    image is split (sid: linux-image-R depends on linux-binary-R and
+    linux-modules-R), those two instead of linux-image-R: its other
+    dependency, an initramfs generator, is not needed (virtme-ng makes its own)."""
+    deps = apt.depends(f"linux-image-{release}")
+    split = [d for d in deps if d in (f"linux-binary-{release}", f"linux-modules-{release}")]
+    image = split if len(split) == 2 else [f"linux-image-{release}"]
+    return [*image, f"linux-headers-{release}"]
 
 
 def find_qemu() -> str | None:
