@@ -85,8 +85,13 @@ def callback(seq: int, ts_ns: int, patch: str, obj: str, cb: str, *,
     return r
 
 
-def loss(seq: int, ts_ns: int, count: int) -> dict:
-    return {"type": "loss", "seq": seq, "ts_ns": ts_ns, "count": count}
+def loss(seq: int, ts_ns: int, count: int, *, reason: str | None = None) -> dict:
+    """``count`` records were lost right here (0: an unknown number, e.g. a
+    probe that fired mid-operation, a hold that expired); ``reason`` says why."""
+    r = {"type": "loss", "seq": seq, "ts_ns": ts_ns, "count": count}
+    if reason is not None:
+        r["reason"] = reason
+    return r
 
 
 # --- checking what is read back ---------------------------------------------
