@@ -15,6 +15,7 @@ from typing import Callable
 from .cachedir import KMOD_SOURCE_DIR, cache_dir
 from .errors import LabError
 from .packages import Kernel
+from .rootfs import chroot_argv
 
 # keep in step with tests/kmod/Makefile (tests/unit/test_lab_modules.py)
 LIVEPATCHES = ("klpt_lp", "klpt_lp2", "klpt_up1", "klpt_up2", "klpt_cum1", "klpt_cum2",
@@ -60,8 +61,8 @@ def build_modules(kernel: Kernel, progress: Callable[[str], None] = print) -> Pa
     progress(f"lab: building {', '.join(MODULES)} for {kernel.release}")
     cmd = ["make", "-C", str(kernel.build_dir), f"M={out}", "modules"]
     if kernel.root is not None:
-        cmd = ["chroot", str(kernel.root), "make", "-C", str(kernel.build_dir),
-               f"M={ROOT_KMOD_DIR}/{kernel.release}", "modules"]
+        cmd = chroot_argv(kernel.root, ["make", "-C", str(kernel.build_dir),
+                                        f"M={ROOT_KMOD_DIR}/{kernel.release}", "modules"])
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -81,7 +81,10 @@ class Kernel:
 
     @property
     def vmlinuz(self) -> Path:
-        return self.host_path(f"/boot/vmlinuz-{self.release}")
+        """/boot/vmlinuz-RELEASE; sid's split image (linux-binary-RELEASE) has
+        it only at /usr/lib/modules/RELEASE/vmlinuz (linux-image's scripts
+        would copy it to /boot)."""
+        return vmlinuz_in(self.root or Path("/"), self.release)
 
     @property
     def build_dir(self) -> Path:
@@ -97,6 +100,12 @@ class Kernel:
     @property
     def series(self) -> str:
         return ".".join(self.release.split(".")[:2])
+
+
+def vmlinuz_in(root: Path, release: str) -> Path:
+    boot = root / "boot" / f"vmlinuz-{release}"
+    usr = root / "usr/lib/modules" / release / "vmlinuz"
+    return usr if not boot.exists() and usr.exists() else boot
 
 
 def _installed(pkg: str) -> bool:

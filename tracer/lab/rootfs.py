@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -30,10 +31,12 @@ from typing import Callable, Iterator
 
 from .cachedir import REPO_ROOT, cache_dir
 from .errors import LabError
+from .packages import vmlinuz_in
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 MIRROR = "http://deb.debian.org/debian"
 STAMP = ".klpt-root"
+BOOTSTRAPPED = ".klpt-debootstrap-done"   # debootstrap finished; apt may still be due
 STAMP_FORMAT = 1
 DEBOOTSTRAP_TIMEOUT = 3600
 APT_TIMEOUT = 3600
@@ -86,17 +89,12 @@ def _mounts_under(root: Path) -> list[str]:
     return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
 
 
-@contextmanager
-def _proc_mounted(root: Path) -> Iterator[None]:
-    """/proc in the root while apt runs there (some maintainer scripts read it)."""
-    proc = root / "proc"
-    proc.mkdir(exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "proc", "proc", str(proc)]).returncode == 0
-    try:
-        yield
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(proc)])
+def chroot_argv(root: Path, argv: list[str]) -> list[str]:
+    """argv run chrooted into root with /proc mounted there (objtool and some
+    maintainer scripts read it), in a mount namespace of its own: the mount
+    ends with the command, even when it is killed."""
+    return ["unshare", "--mount", "--propagation", "private", "chroot", str(root),
+            "/bin/sh", "-c", 'mount -t proc proc /proc && exec "$@"', "sh", *argv]
 
 
 def _remove(root: Path) -> None:
@@ -120,9 +118,24 @@ def _locked(suite: str) -> Iterator[None]:
 def _chroot_apt(root: Path, args: list[str], step: str, suite: str, log: Path) -> None:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LC_ALL": "C", "HOME": "/root"}
-    with _proc_mounted(root):
-        _run(["chroot", str(root), "apt-get", "-q", "-y", "-o", "DPkg::Lock::Timeout=600",
-              *args], step, suite, log, APT_TIMEOUT, env)
+    _run(chroot_argv(root, ["apt-get", "-q", "-y", "-o", "DPkg::Lock::Timeout=600", *args]),
+         step, suite, log, APT_TIMEOUT, env)
+
+
+HOST_APT_OPTIONS = re.compile(r'^Acquire::(Check-Valid-Until|Check-Date|Retries|https?::Proxy) ')
+
+
+def _host_apt_options(root: Path) -> None:
+    """The root's apt fetches the way the host's does: the host's Acquire
+    settings (proxy, and on these machines Check-Valid-Until "false": the
+    archive they reach serves Release files past their Valid-Until)."""
+    r = subprocess.run(["apt-config", "dump"], capture_output=True, text=True)
+    lines = [l for l in r.stdout.splitlines() if HOST_APT_OPTIONS.match(l)]
+    conf = root / "etc/apt/apt.conf.d/90klptrace-host"
+    text = "// written by tracer/lab/rootfs.py from the host's apt-config dump\n" + \
+        "".join(l + "\n" for l in lines)
+    if not conf.exists() or conf.read_text() != text:
+        conf.write_text(text)
 
 
 def _write_wrapper(root: Path) -> None:
@@ -156,7 +169,7 @@ def ensure_root(suite: str, release: str, kernel_packages: list[str],
     want = {"format": STAMP_FORMAT, "suite": suite, "release": release,
             "packages": sorted({*ROOT_PACKAGES, *kernel_packages})}
     have = _read_stamp(root)
-    if have == want and (root / "boot" / f"vmlinuz-{release}").exists():
+    if have == want and vmlinuz_in(root, release).exists():
         _write_wrapper(root)
         return root
     if shutil.which("debootstrap") is None:
@@ -164,29 +177,35 @@ def ensure_root(suite: str, release: str, kernel_packages: list[str],
                                    "`make setup` installs it)")
     with _locked(suite):
         have = _read_stamp(root)           # another process may have done it meanwhile
+        if have == want and vmlinuz_in(root, release).exists():
+            _write_wrapper(root)
+            return root
         log = root.parent / f"{suite}.log"
         t0 = time.monotonic()
-        if have is None or have.get("format") != STAMP_FORMAT or have.get("suite") != suite:
+        fresh = have is None or have.get("format") != STAMP_FORMAT or have.get("suite") != suite
+        if fresh and not (root / BOOTSTRAPPED).exists():
             if root.exists():
-                progress(f"lab: {root} has no complete stamp (an interrupted run?): making it anew")
+                progress(f"lab: {root} has no stamp (an interrupted debootstrap?): making it anew")
                 _remove(root)
             log.write_text("")
-            progress(f"lab: debootstrap {suite} into {root} (once; several minutes; log {log})")
+            progress(f"lab: debootstrap {suite} into {root} (once; minutes; log {log})")
             _run(["debootstrap", "--variant=minbase", f"--keyring={KEYRING}", suite,
                   str(root), MIRROR], "debootstrap", suite, log, DEBOOTSTRAP_TIMEOUT)
             (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
             (root / "usr/sbin/policy-rc.d").chmod(0o755)
-        else:
+            (root / BOOTSTRAPPED).write_text("")
+        elif not fresh:
             progress(f"lab: the {suite} root has {have.get('release')}; installing {release}")
+        _host_apt_options(root)
         # debootstrap leaves apt's lists empty; a reused root's are old.
         _chroot_apt(root, ["update"], "apt-get update", suite, log)
         progress(f"lab: installing {', '.join(want['packages'])} into the {suite} root")
         _chroot_apt(root, ["--no-install-recommends", "install", *want["packages"]],
                     "apt-get install", suite, log)
         _chroot_apt(root, ["clean"], "apt-get clean", suite, log)
-        if not (root / "boot" / f"vmlinuz-{release}").exists():
+        if not vmlinuz_in(root, release).exists():
             raise LabError("rootfs", f"{', '.join(kernel_packages)} installed into the {suite} "
-                                     f"root but boot/vmlinuz-{release} is missing")
+                                     f"root but no vmlinuz for {release} in it")
         (root / STAMP).write_text(json.dumps(want, indent=1) + "\n")
         progress(f"lab: the {suite} root is ready ({time.monotonic() - t0:.0f}s)")
     _write_wrapper(root)
