@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KERNEL ?=
 
-.PHONY: setup demo test test-unit test-kernel bench stress lab-6.12 docs check-docs clean
+.PHONY: setup demo test test-unit test-kernel bench stress lab-6.12 lab-5.10 lab-sid lab-all docs check-docs clean
 
 setup:
 	bash scripts/setup.sh
@@ -27,6 +27,25 @@ test-kernel: setup
 # The lab scenarios on the 6.12 kernel from bookworm-backports.
 lab-6.12: setup
 	KLPT_KERNEL=6.12 $(PY) -m pytest -q -m kernel
+
+# bullseye's 5.10 (installed on the host) and sid's current kernel (7.x, booted
+# over a debootstrap'ed sid root the lab makes once under /var/cache/klptrace-lab).
+lab-5.10: setup
+	KLPT_KERNEL=5.10 $(PY) -m pytest -q -m kernel
+
+lab-sid: setup
+	KLPT_KERNEL=sid $(PY) -m pytest -q -m kernel
+
+# The lab tests (those of `make test-kernel`) on all four kernel lines in turn;
+# fails at the end if any line failed. Several hours under TCG on 2 cores.
+LAB_KERNELS := stable 6.12 5.10 sid
+lab-all: setup
+	@failed=; for k in $(LAB_KERNELS); do \
+	    echo "=== make lab-all: kernel $$k"; \
+	    KLPT_KERNEL=$$k $(PY) -m pytest -q -m "kernel and not stress" || failed="$$failed $$k"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make lab-all: failed on:$$failed"; exit 1; fi; \
+	echo "make lab-all: all of $(LAB_KERNELS) passed"
 
 bench: setup
 	$(PY) -m tests.bench.bench_validate

@@ -16,7 +16,9 @@ from .errors import LabError
 from .scenarios import NAMES
 
 _KERNEL_HELP = ("Kernel: 'stable' (default: Debian stable's linux-image-amd64), '6.12' "
-                "(bookworm-backports), or an installed release. Env: KLPT_KERNEL.")
+                "(bookworm-backports), '5.10' (bullseye), 'sid' (Debian sid's current "
+                "kernel, booted over a sid root the lab makes with debootstrap), or an "
+                "installed release. Env: KLPT_KERNEL.")
 
 
 def _fail(e: LabError) -> None:
@@ -86,6 +88,9 @@ def shell(kernel: str | None) -> None:
         helpers.write_text(f"KLPT_KMOD={stage}\n" + (GUEST_SCRIPTS_DIR / "guest_helpers.sh").read_text())
         click.echo(f"lab: booting {k.release}; in the guest: `. {helpers}` then e.g. "
                    f"`load_lp klpt_lp`, `disable_lp klpt_lp`; modules in {stage}; exit with Ctrl-D")
+        if k.root is not None:
+            click.echo(f"lab: the guest runs over the {k.suite} root {k.root}; the tracer "
+                       f"there is `klptrace` (the repository's code, the root's python3 and bcc)")
         sys.exit(vm.shell(k, rwdirs=(stage,), cwd=stage))
     except LabError as e:
         _fail(e)

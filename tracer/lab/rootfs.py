@@ -43,9 +43,12 @@ APT_TIMEOUT = 3600
 # What the lab's guest needs besides the kernel packages: module builds
 # (make, kmod; gcc comes with the headers), the tracer (python3 + Debian's
 # bcc, click, prometheus client), the guest driver (bash, util-linux's dmesg
-# and mountpoint, procps).
+# and mountpoint, procps), and virtme-ng's init: udev (without it there is no
+# /dev/virtio-ports/, so the guest command's output falls back to the console,
+# which vng does not show) and iproute2 (`ip link set lo up`: the tracer's
+# metrics endpoint is scraped on 127.0.0.1).
 ROOT_PACKAGES = ("make", "kmod", "python3", "python3-bpfcc", "python3-click",
-                 "python3-prometheus-client", "util-linux", "procps")
+                 "python3-prometheus-client", "util-linux", "procps", "udev", "iproute2")
 # Where the root's tracer command is; the guest binds it over the host venv's
 # klptrace (vm.py), so a command naming that path runs this one.
 TRACER_WRAPPER = "/usr/local/bin/klptrace"
@@ -195,7 +198,7 @@ def ensure_root(suite: str, release: str, kernel_packages: list[str],
             (root / "usr/sbin/policy-rc.d").chmod(0o755)
             (root / BOOTSTRAPPED).write_text("")
         elif not fresh:
-            progress(f"lab: the {suite} root has {have.get('release')}; installing {release}")
+            progress(f"lab: the {suite} root has {have.get('release')} and {len(have.get('packages', []))} packages: installing what {release} and the lab need now")
         _host_apt_options(root)
         # debootstrap leaves apt's lists empty; a reused root's are old.
         _chroot_apt(root, ["update"], "apt-get update", suite, log)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from . import rootfs
+from .cachedir import REPO_ROOT
 from .errors import LabError
 from .packages import Kernel, find_qemu
 
@@ -47,6 +49,19 @@ def _vng_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{_venv_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
 
+def root_shares(kernel: Kernel, rwdirs: tuple[Path, ...]) -> list[Path]:
+    """For a guest root: the host directories shared read-write at their own
+    paths. The repository (the tracer's code, and where lab-out/ is) and /tmp
+    (run dirs and staged modules of the tests) always; each of rwdirs unless
+    it is inside one of those. Parents first: virtme mounts in this order."""
+    shares: list[Path] = []
+    for d in sorted({REPO_ROOT, Path("/tmp"), *(Path(p).resolve() for p in rwdirs)},
+                    key=lambda p: len(p.parts)):
+        if not any(d == s or s in d.parents for s in shares):
+            shares.append(d)
+    return shares
+
+
 def vng_argv(kernel: Kernel, *, exec_cmd: str | None = None, rwdirs: tuple[Path, ...] = (),
              cwd: Path | None = None, append: tuple[str, ...] = (),
              cpus: int = CPUS) -> list[str]:
@@ -56,8 +71,18 @@ def vng_argv(kernel: Kernel, *, exec_cmd: str | None = None, rwdirs: tuple[Path,
         raise LabError("boot", f"{kernel.vmlinuz} missing")
     argv = [str(vng_path()), "--run", str(kernel.vmlinuz), "--disable-kvm",
             "--memory", MEMORY, "--cpus", str(cpus)]
-    for d in rwdirs:
-        argv += ["--rwdir", str(d)]
+    if kernel.root is None:
+        for d in rwdirs:
+            argv += ["--rwdir", str(d)]
+    else:
+        # Over the suite's root (rootfs.py), read-only; shares at their host
+        # paths (GUEST=HOST: virtme takes a bare path as relative to the root).
+        argv += ["--root", str(kernel.root)]
+        for d in root_shares(kernel, rwdirs):
+            rootfs.guest_mountpoint(kernel.root, d)
+            argv += ["--rwdir", f"{d}={d}"]
+        exec_cmd = None if exec_cmd is None else f"{root_prelude()} {exec_cmd}"
+        cwd = None     # a host cwd means nothing in the root
     if cwd is not None:
         argv += ["--cwd", str(cwd)]
     for a in append:
@@ -65,6 +90,16 @@ def vng_argv(kernel: Kernel, *, exec_cmd: str | None = None, rwdirs: tuple[Path,
     if exec_cmd is not None:
         argv += ["--exec", exec_cmd]
     return argv
+
+
+def root_prelude() -> str:
+    """Shell run before the command in a guest root: commands naming the host
+    venv's klptrace (the tests, `lab demo`) run the root's tracer instead (the
+    repository's code with the root's python3 and bcc): a bind mount inside the
+    guest only, the host's file is untouched. Ends with `;`."""
+    venv_klptrace = shlex.quote(str(REPO_ROOT / ".venv" / "bin" / "klptrace"))
+    return (f"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; "
+            f"[ -e {venv_klptrace} ] && mount --bind {rootfs.TRACER_WRAPPER} {venv_klptrace}; ")
 
 
 class Watchdog(Protocol):
