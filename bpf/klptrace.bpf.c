@@ -9,49 +9,99 @@
  * All reasoning about which callbacks ran lives in Python (tracer/infer.py),
  * where it can be tested and documented (docs/probes.md).
  *
- * Loaded with BPF(src_file=..., cflags=["-I<bpf dir>"]) only. Every function
- * probed here runs only during livepatch operations (or, for
+ * Loaded with BPF(src_file=..., cflags=["-I<bpf dir>", -D...]) only. Every
+ * function probed here runs only during livepatch operations (or, for
  * klp_module_coming/going, once per module load/unload).
+ *
+ * Kernel structs are read at byte offsets (KLPT_OFF_*) that tracer/btf.py
+ * takes from the running kernel's BTF and passes as -D macros: including
+ * <linux/module.h> and <linux/livepatch.h> for them was two thirds of the bcc
+ * compile. A kernel without BTF is built with KLPT_USE_HEADERS, which takes
+ * the same offsets from its headers.
  */
 #include <uapi/linux/ptrace.h>
+#include "klptrace.h"
+
+#ifdef KLPT_USE_HEADERS
 #include <linux/module.h>
 #include <linux/livepatch.h>
-#include "klptrace.h"
+#define KLPT_OFF_PATCH_MOD        offsetof(struct klp_patch, mod)
+#define KLPT_OFF_PATCH_OBJ_LIST   offsetof(struct klp_patch, obj_list)
+#define KLPT_OFF_PATCH_REPLACE    offsetof(struct klp_patch, replace)
+#define KLPT_OFF_PATCH_KOBJ       offsetof(struct klp_patch, kobj)
+#define KLPT_OFF_OBJ_NAME         offsetof(struct klp_object, name)
+#define KLPT_OFF_OBJ_CALLBACKS    offsetof(struct klp_object, callbacks)
+#define KLPT_OFF_OBJ_KOBJ_PARENT  (offsetof(struct klp_object, kobj) + offsetof(struct kobject, parent))
+#define KLPT_OFF_OBJ_NODE         offsetof(struct klp_object, node)
+#define KLPT_OFF_OBJ_MOD          offsetof(struct klp_object, mod)
+#define KLPT_OFF_OBJ_DYNAMIC      offsetof(struct klp_object, dynamic)
+#define KLPT_OFF_OBJ_PATCHED      offsetof(struct klp_object, patched)
+#define KLPT_OFF_CB_PUE           offsetof(struct klp_callbacks, post_unpatch_enabled)
+#define KLPT_OFF_MOD_NAME         offsetof(struct module, name)
+#endif
+
+/* obj->callbacks.{pre_patch, post_patch, pre_unpatch, post_unpatch}: four
+ * pointers at the start of struct klp_callbacks (include/linux/livepatch.h,
+ * unchanged since 4.15) */
+#define KLPT_CALLBACK_PTRS 4
+
+/* a kernel pointer (or a byte) at base + off; 0 when the read fails */
+static __always_inline u64 rd_ptr(u64 base, u64 off)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+	return v;
+}
+
+static __always_inline u8 rd_u8(u64 base, u64 off)
+{
+	u8 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+	return v;
+}
 
 #ifndef KLPT_RING_PAGES
 #define KLPT_RING_PAGES 64                      /* klptrace run --ring-pages */
 #endif
+/* Per-thread tables hold an entry from a function's entry to its return,
+ * only while a livepatch operation or a module load/unload is in flight: a
+ * handful at a time, more at boot when udev loads modules in parallel. LRU,
+ * so an entry whose return never fires (a kretprobe miss) is evicted instead
+ * of taking a slot for good; an in-flight entry evicted under pressure shows
+ * up in userspace as a return without its entry, which is reported as a gap.
+ * docs/probes.md "Bounds" lists every size. */
+#define KLPT_TASK_SLOTS 4096
+
 BPF_RINGBUF_OUTPUT(events, KLPT_RING_PAGES);    /* a power of two of pages */
 BPF_ARRAY(lost, u64, 1);                        /* failed ring buffer reservations */
-BPF_ARRAY(hits, u64, KLPT_HIT_SLOTS);            /* per-program hit counters */
+BPF_ARRAY(hits, u64, KLPT_HIT_SLOTS);           /* per-program hit counters (enum klpt_hit) */
 BPF_ARRAY(cur_patch, u64, 1);                   /* klp_transition_patch, seen at klp_init_transition */
-BPF_HASH(task_ctx, u32, u32, 64);               /* tid -> KLPT_CTX_* inside klp_module_coming/going */
-BPF_HASH(enable_arg, u32, u64, 64);             /* tid -> patch, for klp_enable_patch's return */
-BPF_HASH(coming_arg, u32, u64, 64);             /* tid -> mod, for klp_module_coming's/going's return */
-BPF_HASH(patch_obj_arg, u32, u64, 64);          /* tid -> obj, for klp_patch_object's return */
+BPF_TABLE("lru_hash", u32, u32, task_ctx, KLPT_TASK_SLOTS);      /* tid -> enum klpt_ctx */
+BPF_TABLE("lru_hash", u32, u64, enable_arg, KLPT_TASK_SLOTS);    /* tid -> patch, for klp_enable_patch's return */
+BPF_TABLE("lru_hash", u32, u64, coming_arg, KLPT_TASK_SLOTS);    /* tid -> mod, for klp_module_coming/going's return */
+BPF_TABLE("lru_hash", u32, u64, patch_obj_arg, KLPT_TASK_SLOTS); /* tid -> obj, for klp_patch_object's return */
 /* tid -> obj / probed address, from a callback's entry to its return. Only an
  * entry probe whose return is probed too (pre_patch's) stores here: the other
- * callbacks return void and have no return probe, so their entries would never
- * be deleted, and a long run filled the table (one entry per task that ever ran
- * a callback: insmod, the sysfs writer) until pre_patch's entry could no longer
- * store and its return record was silently lost (found by make stress at cycle
- * 70 of 200). LRU as well: an entry whose return never fires (a kretprobe
- * miss) is evicted instead of taking a slot for good. */
-BPF_TABLE("lru_hash", u32, u64, direct_arg, 1024);
-BPF_TABLE("lru_hash", u32, u64, direct_ip, 1024);
-BPF_HASH(armed, u64, u8, 1024);                 /* callback address -> direct probe armed (set by Python) */
+ * callbacks return void and have no return probe, so their entries would
+ * never be deleted. */
+BPF_TABLE("lru_hash", u32, u64, direct_arg, KLPT_TASK_SLOTS);
+BPF_TABLE("lru_hash", u32, u64, direct_ip, KLPT_TASK_SLOTS);
 
 /*
  * The snapshot code (a walk over the patch's objects) exists once, in two
  * tail-called programs; each probe only fills this per-CPU scratch and jumps.
  * Inlining it into every probe made the bcc compile take over a minute under
- * TCG. The tail call runs synchronously on the same CPU, so the scratch is safe.
+ * TCG. The tail call runs synchronously on the same CPU, so the scratch is
+ * safe. A patch snapshot longer than KLPT_CHUNK_OBJS objects continues in the
+ * next event: do_snap_patch tail-calls itself with the list position saved here.
  */
 struct scratch {
 	u64 ptr;        /* struct klp_patch * or struct klp_object * */
+	u64 pos;        /* do_snap_patch: the next list node of obj_list */
 	u64 ip;
 	s64 arg;
 	u32 kind;
+	u32 chunk;      /* do_snap_patch: index of the next event of the chain */
 };
 BPF_PERCPU_ARRAY(scratch, struct scratch, 1);
 BPF_PROG_ARRAY(snap, 2);                        /* 0: do_snap_patch, 1: do_snap_obj (set by Python) */
@@ -92,85 +142,48 @@ static __always_inline struct klpt_event *new_event(u32 kind)
 	return e;
 }
 
-static __always_inline void read_patch_name(char *dst, struct klp_patch *patch)
+/* patch->mod->name */
+static __always_inline void read_patch_name(char *dst, u64 patch)
 {
-	struct module *mod = NULL;
-	bpf_probe_read_kernel(&mod, sizeof(mod), &patch->mod);
+	u64 mod = rd_ptr(patch, KLPT_OFF_PATCH_MOD);
 	if (mod)
-		bpf_probe_read_kernel_str(dst, KLPT_NAME_LEN, mod->name);
+		bpf_probe_read_kernel_str(dst, KLPT_NAME_LEN, (void *)(mod + KLPT_OFF_MOD_NAME));
 }
 
-static __always_inline void fill_obj(struct klpt_obj *o, struct klp_object *obj)
+static __always_inline void fill_obj(struct klpt_obj *o, u64 obj)
 {
-	const char *name = NULL;
-	struct module *mod = NULL;
-	struct klp_callbacks cbs = {};
-	bool b = 0;
+	u64 name = rd_ptr(obj, KLPT_OFF_OBJ_NAME);
+	u64 cbs[KLPT_CALLBACK_PTRS] = {};
 
-	bpf_probe_read_kernel(&name, sizeof(name), &obj->name);
 	if (name)
-		bpf_probe_read_kernel_str(o->name, KLPT_NAME_LEN, name);
-	bpf_probe_read_kernel(&mod, sizeof(mod), &obj->mod);
-	o->loaded = !name || mod;
-	bpf_probe_read_kernel(&cbs, sizeof(cbs), &obj->callbacks);
-	o->cb[0] = (u64)cbs.pre_patch;
-	o->cb[1] = (u64)cbs.post_patch;
-	o->cb[2] = (u64)cbs.pre_unpatch;
-	o->cb[3] = (u64)cbs.post_unpatch;
-	o->post_unpatch_enabled = cbs.post_unpatch_enabled;
-	bpf_probe_read_kernel(&b, sizeof(b), &obj->patched);
-	o->patched = b;
-	bpf_probe_read_kernel(&b, sizeof(b), &obj->dynamic);
-	o->dynamic = b;
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		u64 a = o->cb[i];
-		if (a && armed.lookup(&a))
-			o->armed[i] = 1;
-	}
+		bpf_probe_read_kernel_str(o->name, KLPT_NAME_LEN, (void *)name);
+	o->loaded = !name || rd_ptr(obj, KLPT_OFF_OBJ_MOD);
+	bpf_probe_read_kernel(cbs, sizeof(cbs), (void *)(obj + KLPT_OFF_OBJ_CALLBACKS));
+	o->cb[0] = cbs[0];
+	o->cb[1] = cbs[1];
+	o->cb[2] = cbs[2];
+	o->cb[3] = cbs[3];
+	o->post_unpatch_enabled = rd_u8(obj, KLPT_OFF_OBJ_CALLBACKS + KLPT_OFF_CB_PUE);
+	o->patched = rd_u8(obj, KLPT_OFF_OBJ_PATCHED);
+	o->dynamic = rd_u8(obj, KLPT_OFF_OBJ_DYNAMIC);
 }
 
 /* The patch owning obj: obj->kobj.parent is &patch->kobj (klp_init_object). */
-static __always_inline struct klp_patch *patch_of(struct klp_object *obj)
+static __always_inline u64 patch_of(u64 obj)
 {
-	struct kobject *parent = NULL;
-	bpf_probe_read_kernel(&parent, sizeof(parent), &obj->kobj.parent);
-	if (!parent)
-		return NULL;
-	return container_of(parent, struct klp_patch, kobj);
+	u64 parent = rd_ptr(obj, KLPT_OFF_OBJ_KOBJ_PARENT);
+	return parent ? parent - KLPT_OFF_PATCH_KOBJ : 0;
 }
 
-static __always_inline void fill_one_obj(struct klpt_event *e, struct klp_object *obj)
+static __always_inline void fill_one_obj(struct klpt_event *e, u64 obj)
 {
-	struct klp_patch *patch = patch_of(obj);
+	u64 patch = patch_of(obj);
 	if (patch) {
 		read_patch_name(e->patch, patch);
-		bpf_probe_read_kernel(&e->replace, 1, &patch->replace);
+		e->replace = rd_u8(patch, KLPT_OFF_PATCH_REPLACE);
 	}
 	fill_obj(&e->objs[0], obj);
 	e->nobjs = 1;
-	e->nobjs_total = 1;
-}
-
-/* Walk patch->obj_list (klp_for_each_object: static and dynamic objects). */
-static __always_inline void fill_patch(struct klpt_event *e, struct klp_patch *patch)
-{
-	struct list_head *head = &patch->obj_list;
-	struct list_head *pos = NULL;
-
-	read_patch_name(e->patch, patch);
-	bpf_probe_read_kernel(&e->replace, 1, &patch->replace);
-	bpf_probe_read_kernel(&pos, sizeof(pos), &head->next);
-	for (int i = 0; i < KLPT_MAX_OBJS; i++) {     /* bounded loop, not unrolled */
-		if (!pos || pos == head)
-			return;
-		fill_obj(&e->objs[i], container_of(pos, struct klp_object, node));
-		e->nobjs = i + 1;
-		e->nobjs_total = i + 1;
-		bpf_probe_read_kernel(&pos, sizeof(pos), &pos->next);
-	}
-	if (pos && pos != head)
-		e->nobjs_total = KLPT_MAX_OBJS + 1;    /* more than we could copy */
 }
 
 static __always_inline int jump(struct pt_regs *ctx, int prog, u32 kind, u64 ptr,
@@ -182,6 +195,8 @@ static __always_inline int jump(struct pt_regs *ctx, int prog, u32 kind, u64 ptr
 		return 0;
 	sc->kind = kind;
 	sc->ptr = ptr;
+	sc->pos = 0;
+	sc->chunk = 0;
 	sc->arg = arg;
 	sc->ip = ip;
 	snap.call(ctx, prog);
@@ -196,6 +211,9 @@ static __always_inline int snapshot_current(struct pt_regs *ctx, u32 kind, int s
 	return jump(ctx, SNAP_PATCH, kind, p ? *p : 0, 0, 0);
 }
 
+/* One event of a patch snapshot: the next KLPT_CHUNK_OBJS objects of
+ * patch->obj_list (klp_for_each_object: static and dynamic objects), then,
+ * if objects remain, itself again for the next event. */
 int do_snap_patch(struct pt_regs *ctx)
 {
 	int zero = 0;
@@ -204,10 +222,38 @@ int do_snap_patch(struct pt_regs *ctx)
 		return 0;
 	struct klpt_event *e = new_event(sc->kind);
 	if (!e)
-		return 0;
+		return 0;       /* counted in `lost`: the rest of the chain is a gap */
 	e->arg = sc->arg;
-	if (sc->ptr)
-		fill_patch(e, (struct klp_patch *)sc->ptr);
+	e->chunk = sc->chunk;
+	e->snap = KLPT_SNAP_LAST;
+	if (sc->ptr) {
+		u64 patch = sc->ptr;
+		u64 head = patch + KLPT_OFF_PATCH_OBJ_LIST;     /* struct list_head: next at 0 */
+		u64 pos = sc->pos;
+
+		read_patch_name(e->patch, patch);
+		e->replace = rd_u8(patch, KLPT_OFF_PATCH_REPLACE);
+		if (!pos)
+			pos = rd_ptr(head, 0);
+		for (int i = 0; i < KLPT_CHUNK_OBJS; i++) {     /* bounded loop, not unrolled */
+			if (!pos || pos == head)
+				break;
+			fill_obj(&e->objs[i], pos - KLPT_OFF_OBJ_NODE);
+			e->nobjs = i + 1;
+			pos = rd_ptr(pos, 0);
+		}
+		if (pos && pos != head) {
+			if (sc->chunk + 1 < KLPT_MAX_CHUNKS) {
+				e->snap = KLPT_SNAP_MORE;
+				sc->pos = pos;
+				sc->chunk++;
+				events.ringbuf_submit(e, 0);
+				snap.call(ctx, SNAP_PATCH);
+				return 0;   /* tail call failed: userspace sees MORE with no next event */
+			}
+			e->snap = KLPT_SNAP_TRUNCATED;
+		}
+	}
 	events.ringbuf_submit(e, 0);
 	return 0;
 }
@@ -224,16 +270,16 @@ int do_snap_obj(struct pt_regs *ctx)
 	e->arg = sc->arg;
 	e->ip = sc->ip;
 	if (sc->ptr)
-		fill_one_obj(e, (struct klp_object *)sc->ptr);
+		fill_one_obj(e, sc->ptr);
 	events.ringbuf_submit(e, 0);
 	return 0;
 }
 
 /* ---- enable ------------------------------------------------------------- */
 
-int on_enable_patch(struct pt_regs *ctx, struct klp_patch *patch)
+int on_enable_patch(struct pt_regs *ctx, void *patch)
 {
-	hit(0);
+	hit(KLPT_HIT_ENABLE);
 	u32 t = tid();
 	u64 p = (u64)patch;
 	enable_arg.update(&t, &p);
@@ -242,14 +288,14 @@ int on_enable_patch(struct pt_regs *ctx, struct klp_patch *patch)
 
 int on_enable_patch_ret(struct pt_regs *ctx)
 {
-	hit(1);
+	hit(KLPT_HIT_ENABLE_RET);
 	u32 t = tid();
 	u64 *p = enable_arg.lookup(&t);
 	struct klpt_event *e = new_event(KLPT_ENABLE_RET);
 	if (e) {
 		e->arg = (int)PT_REGS_RC(ctx);
 		if (p)
-			read_patch_name(e->patch, (struct klp_patch *)*p);
+			read_patch_name(e->patch, *p);
 		events.ringbuf_submit(e, 0);
 	}
 	enable_arg.delete(&t);
@@ -258,26 +304,38 @@ int on_enable_patch_ret(struct pt_regs *ctx)
 
 /* ---- transitions ---------------------------------------------------------- */
 
-int on_init_transition(struct pt_regs *ctx, struct klp_patch *patch, int state)
+int on_init_transition(struct pt_regs *ctx, void *patch, int state)
 {
-	hit(2);
+	hit(KLPT_HIT_INIT);
 	int zero = 0;
 	u64 p = (u64)patch;
 	cur_patch.update(&zero, &p);
 	return jump(ctx, SNAP_PATCH, KLPT_INIT_TRANSITION, p, state, 0);
 }
 
-int on_start_transition(struct pt_regs *ctx)    { return snapshot_current(ctx, KLPT_START_TRANSITION, 3); }
-int on_complete_transition(struct pt_regs *ctx) { return snapshot_current(ctx, KLPT_COMPLETE, 4); }
-int on_cancel_transition(struct pt_regs *ctx)   { return snapshot_current(ctx, KLPT_CANCEL, 5); }
-int on_reverse_transition(struct pt_regs *ctx)  { return snapshot_current(ctx, KLPT_REVERSE, 6); }
-int on_force_transition(struct pt_regs *ctx)    { return snapshot_current(ctx, KLPT_FORCE, 7); }
+int on_start_transition(struct pt_regs *ctx)    { return snapshot_current(ctx, KLPT_START_TRANSITION, KLPT_HIT_START); }
+int on_complete_transition(struct pt_regs *ctx) { return snapshot_current(ctx, KLPT_COMPLETE, KLPT_HIT_COMPLETE); }
+int on_cancel_transition(struct pt_regs *ctx)   { return snapshot_current(ctx, KLPT_CANCEL, KLPT_HIT_CANCEL); }
+int on_reverse_transition(struct pt_regs *ctx)  { return snapshot_current(ctx, KLPT_REVERSE, KLPT_HIT_REVERSE); }
+int on_force_transition(struct pt_regs *ctx)    { return snapshot_current(ctx, KLPT_FORCE, KLPT_HIT_FORCE); }
+
+/* klp_complete_transition returned: its post_patch / post_unpatch callbacks
+ * are over (the end of the completion step in tracer/infer.py). No patch
+ * name: klp_transition_patch is NULL by now and the patch may be freed. */
+int on_complete_transition_ret(struct pt_regs *ctx)
+{
+	hit(KLPT_HIT_COMPLETE_RET);
+	struct klpt_event *e = new_event(KLPT_COMPLETE_RET);
+	if (e)
+		events.ringbuf_submit(e, 0);
+	return 0;
+}
 
 /* ---- objects -------------------------------------------------------------- */
 
-int on_patch_object(struct pt_regs *ctx, struct klp_object *obj)
+int on_patch_object(struct pt_regs *ctx, void *obj)
 {
-	hit(8);
+	hit(KLPT_HIT_PATCH_OBJECT);
 	u32 t = tid();
 	u64 o = (u64)obj;
 	patch_obj_arg.update(&t, &o);
@@ -288,7 +346,7 @@ int on_patch_object(struct pt_regs *ctx, struct klp_object *obj)
  * klp_patch_object there unless the patch is in transition. */
 int on_patch_object_ret(struct pt_regs *ctx)
 {
-	hit(9);
+	hit(KLPT_HIT_PATCH_OBJECT_RET);
 	u32 t = tid();
 	u64 *o = patch_obj_arg.lookup(&t);
 	u32 *c = task_ctx.lookup(&t);
@@ -301,9 +359,9 @@ int on_patch_object_ret(struct pt_regs *ctx)
 
 /* Only inside klp_module_coming (error cleanup) / klp_module_going: there the
  * pre_unpatch and post_unpatch callbacks bracket this call. */
-int on_unpatch_object(struct pt_regs *ctx, struct klp_object *obj)
+int on_unpatch_object(struct pt_regs *ctx, void *obj)
 {
-	hit(10);
+	hit(KLPT_HIT_UNPATCH_OBJECT);
 	u32 t = tid();
 	if (!task_ctx.lookup(&t))
 		return 0;
@@ -312,7 +370,12 @@ int on_unpatch_object(struct pt_regs *ctx, struct klp_object *obj)
 
 /* ---- modules -------------------------------------------------------------- */
 
-static __always_inline int module_event(u32 kind, int slot, struct module *mod, u32 c)
+static __always_inline void read_module_name(char *dst, u64 mod)
+{
+	bpf_probe_read_kernel_str(dst, KLPT_NAME_LEN, (void *)(mod + KLPT_OFF_MOD_NAME));
+}
+
+static __always_inline int module_event(u32 kind, int slot, u64 mod, u32 c)
 {
 	hit(slot);
 	u32 t = tid();
@@ -320,30 +383,29 @@ static __always_inline int module_event(u32 kind, int slot, struct module *mod, 
 	struct klpt_event *e = new_event(kind);
 	if (!e)
 		return 0;
-	bpf_probe_read_kernel_str(e->module, KLPT_NAME_LEN, mod->name);
+	read_module_name(e->module, mod);
 	events.ringbuf_submit(e, 0);
 	return 0;
 }
 
-int on_module_coming(struct pt_regs *ctx, struct module *mod)
+int on_module_coming(struct pt_regs *ctx, void *mod)
 {
 	u32 t = tid();
 	u64 m = (u64)mod;
 	coming_arg.update(&t, &m);
-	return module_event(KLPT_MODULE_COMING, 11, mod, KLPT_CTX_COMING);
+	return module_event(KLPT_MODULE_COMING, KLPT_HIT_MODULE_COMING, m, KLPT_CTX_COMING);
 }
 
 int on_module_coming_ret(struct pt_regs *ctx)
 {
-	hit(12);
+	hit(KLPT_HIT_MODULE_COMING_RET);
 	u32 t = tid();
 	u64 *m = coming_arg.lookup(&t);
 	struct klpt_event *e = new_event(KLPT_MODULE_COMING_RET);
 	if (e) {
 		e->arg = (int)PT_REGS_RC(ctx);
 		if (m)
-			bpf_probe_read_kernel_str(e->module, KLPT_NAME_LEN,
-						  ((struct module *)*m)->name);
+			read_module_name(e->module, *m);
 		events.ringbuf_submit(e, 0);
 	}
 	coming_arg.delete(&t);
@@ -351,12 +413,12 @@ int on_module_coming_ret(struct pt_regs *ctx)
 	return 0;
 }
 
-int on_module_going(struct pt_regs *ctx, struct module *mod)
+int on_module_going(struct pt_regs *ctx, void *mod)
 {
 	u32 t = tid();
 	u64 m = (u64)mod;
 	coming_arg.update(&t, &m);
-	return module_event(KLPT_MODULE_GOING, 13, mod, KLPT_CTX_GOING);
+	return module_event(KLPT_MODULE_GOING, KLPT_HIT_MODULE_GOING, m, KLPT_CTX_GOING);
 }
 
 /* The entry probes of klp_module_coming/going fire before they take
@@ -365,14 +427,13 @@ int on_module_going(struct pt_regs *ctx, struct module *mod)
  * (tracer/infer.py, _place_pending). */
 int on_module_going_ret(struct pt_regs *ctx)
 {
-	hit(14);
+	hit(KLPT_HIT_MODULE_GOING_RET);
 	u32 t = tid();
 	u64 *m = coming_arg.lookup(&t);
 	struct klpt_event *e = new_event(KLPT_MODULE_GOING_RET);
 	if (e) {
 		if (m)
-			bpf_probe_read_kernel_str(e->module, KLPT_NAME_LEN,
-						  ((struct module *)*m)->name);
+			read_module_name(e->module, *m);
 		events.ringbuf_submit(e, 0);
 	}
 	coming_arg.delete(&t);
@@ -383,30 +444,30 @@ int on_module_going_ret(struct pt_regs *ctx)
 /* ---- callbacks themselves --------------------------------------------------- */
 
 /* core: an out-of-line klp_*_callback(obj) helper (where the kernel has one). */
-static __always_inline int core_event(struct pt_regs *ctx, struct klp_object *obj, int idx)
+static __always_inline int core_event(struct pt_regs *ctx, void *obj, int idx)
 {
-	hit(15 + idx);
+	hit(KLPT_HIT_CORE);
 	return jump(ctx, SNAP_OBJ, KLPT_CORE, (u64)obj, idx, 0);
 }
 
-int on_core_pre_patch(struct pt_regs *ctx, struct klp_object *obj)    { return core_event(ctx, obj, 0); }
-int on_core_post_patch(struct pt_regs *ctx, struct klp_object *obj)   { return core_event(ctx, obj, 1); }
-int on_core_pre_unpatch(struct pt_regs *ctx, struct klp_object *obj)  { return core_event(ctx, obj, 2); }
-int on_core_post_unpatch(struct pt_regs *ctx, struct klp_object *obj) { return core_event(ctx, obj, 3); }
+int on_core_pre_patch(struct pt_regs *ctx, void *obj)    { return core_event(ctx, obj, 0); }
+int on_core_post_patch(struct pt_regs *ctx, void *obj)   { return core_event(ctx, obj, 1); }
+int on_core_pre_unpatch(struct pt_regs *ctx, void *obj)  { return core_event(ctx, obj, 2); }
+int on_core_post_unpatch(struct pt_regs *ctx, void *obj) { return core_event(ctx, obj, 3); }
 
 /* direct: a kprobe on the livepatch module's callback function; its first
  * argument is the struct klp_object it runs for. on_direct_pre is the entry
  * program of a function whose return is probed too (on_direct_ret). */
 int on_direct(struct pt_regs *ctx)
 {
-	hit(19);
+	hit(KLPT_HIT_DIRECT);
 	u64 o = (u64)PT_REGS_PARM1(ctx);
 	return jump(ctx, SNAP_OBJ, KLPT_DIRECT, o, 0, PT_REGS_IP(ctx));
 }
 
 int on_direct_pre(struct pt_regs *ctx)
 {
-	hit(19);
+	hit(KLPT_HIT_DIRECT);
 	u32 t = tid();
 	u64 o = (u64)PT_REGS_PARM1(ctx);
 	u64 ip = PT_REGS_IP(ctx);
@@ -417,7 +478,7 @@ int on_direct_pre(struct pt_regs *ctx)
 
 int on_direct_ret(struct pt_regs *ctx)
 {
-	hit(20);
+	hit(KLPT_HIT_DIRECT_RET);
 	u32 t = tid();
 	u64 *o = direct_arg.lookup(&t);
 	u64 *ipp = direct_ip.lookup(&t);

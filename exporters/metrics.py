@@ -280,6 +280,73 @@ class ProbeCollector:
         yield g
 
 
+# Bounded label values of the health families (the daemon's own enums:
+# tracer.daemon.Stage, tracer.rawevents.HIT_PROGRAMS, the inference's gap and
+# hold reasons); a family lists every value from the start.
+HANDLER_STAGES = ("decode", "infer", "write", "judge", "tick")
+GAP_REASONS = ("mid-operation", "snapshot-truncated", "snapshot-incomplete",
+               "coming-no-return", "coming-unplaced", "going-unplaced")
+HOLDS = ("pre_unpatch", "completion", "module post_patch", "module post_unpatch",
+         "enable return", "module coming return", "exit", "records lost")
+DIRECT_PROBE_ERRORS = ("preload", "by-address", "remove", "worker")
+
+
+class HealthCollector:
+    """The daemon's own health, read at scrape time from ``health()``
+    (tracer.daemon.Daemon.health): errors caught on the event path, gaps in
+    observation, holds that expired, records the trace is missing, direct
+    probes, and the BPF programs' hit counters (tetragon-style: missed work
+    and handler errors are metrics, error kinds are enums)."""
+
+    def __init__(self, health: Callable[[], dict]):
+        self._health = health
+
+    def describe(self):
+        return []
+
+    @staticmethod
+    def _counter(name, doc, label, values, table):
+        c = CounterMetricFamily(PREFIX + name, doc, labels=[label])
+        for v in values:
+            c.add_metric([v], table.get(v, 0))
+        for v, n in sorted(table.items()):
+            if v not in values:
+                c.add_metric([v], n)
+        return c
+
+    def collect(self):
+        from tracer import rawevents as rw
+        h = self._health() or {}
+        yield self._counter("handler_errors", "Exceptions caught on the daemon's event path, "
+                            f"by stage ({'|'.join(HANDLER_STAGES)}); each one is a gap (a "
+                            "loss record) in the trace.", "stage", HANDLER_STAGES,
+                            h.get("handler_errors", {}))
+        yield self._counter("observation_gaps", "Places where part of a livepatch operation "
+                            "was not observed (written as loss records, judged unknown), by "
+                            "reason.", "reason", GAP_REASONS, h.get("gaps", {}))
+        yield self._counter("holds_expired", "Records held for a later event that never came "
+                            "in time (written as far as known, with a loss record), by hold.",
+                            "hold", HOLDS, h.get("holds_expired", {}))
+        yield CounterMetricFamily(PREFIX + "trace_records_unwritten",
+                                  "Records the trace file is missing because writing it failed "
+                                  "(a full disk); the engine judged them all the same.",
+                                  value=h.get("unwritten", 0))
+        yield CounterMetricFamily(PREFIX + "direct_hits_unattributed",
+                                  "Direct probe hits that named no livepatch (a probe that fired "
+                                  "outside a callback call); ignored.",
+                                  value=h.get("unattributed", 0))
+        yield self._counter("direct_probe_errors", "Direct probes on callback functions that "
+                            "could not be defined, attached or removed, by kind "
+                            f"({'|'.join(DIRECT_PROBE_ERRORS)}); those callbacks stay inferred.",
+                            "kind", DIRECT_PROBE_ERRORS, h.get("direct_errors", {}))
+        yield GaugeMetricFamily(PREFIX + "direct_probes",
+                                "Direct probes on livepatch callback functions attached now.",
+                                value=h.get("direct_attached", 0))
+        yield self._counter("probe_hits", "Times each BPF program ran (the probes cost nothing "
+                            "outside livepatch operations and module loads).", "program",
+                            rw.HIT_PROGRAMS, h.get("probe_hits", {}))
+
+
 class InfoCollector:
     """Build and kernel info: constant 1 gauges whose labels carry the facts."""
 
@@ -329,6 +396,7 @@ class DaemonMetrics:
     def __init__(self, stats_source: Callable[[], Stats | None], *,
                  livepatch_state: Callable[[], list] = lambda: [],
                  probes: Callable[[], list] = lambda: [],
+                 health: Callable[[], dict] | None = None,
                  kernel_release: str | None = None,
                  max_patches: int = DEFAULT_MAX_PATCHES,
                  process_metrics: bool = True):
@@ -345,6 +413,8 @@ class DaemonMetrics:
         self.registry.register(LivepatchCollector(livepatch_state, self.patch_labels,
                                                   self.self_metrics))
         self.registry.register(ProbeCollector(probes, self.self_metrics))
+        if health is not None:
+            self.registry.register(HealthCollector(health))
         self.registry.register(InfoCollector(kernel_release))
         # Histogram by target and outcome, not by patch: buckets times patches
         # would be the largest family by far; per-patch counts are in

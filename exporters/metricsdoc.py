@@ -32,6 +32,7 @@ def _example_registry():
                          livepatch_state=lambda: [{"name": "p", "enabled": True,
                                                    "transition": False}],
                          probes=lambda: [("init", "kprobe", True)],
+                         health=lambda: {},
                          kernel_release="example", process_metrics=False)
     return dm.registry
 

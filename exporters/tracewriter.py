@@ -35,6 +35,11 @@ DEFAULT_KEEP = 5
 
 
 class TraceWriter:
+    """Writes whole lines or nothing: a line that cannot be written completely
+    (a full disk) is cut off again (ftruncate to where it began) and the
+    OSError is raised, so the file stays a valid trace and a later write
+    continues it."""
+
     def __init__(self, path: str | None, header: dict, *, max_bytes: int | None = None,
                  keep: int = DEFAULT_KEEP, state_provider: Callable[[], dict] | None = None,
                  mode: int = MODE):
@@ -52,33 +57,39 @@ class TraceWriter:
         self.segment = 1          # files this writer has started (1 = the first)
         self._size = 0            # bytes in the current file
         self._records = 0         # records in the current file
-        if path is None or path == "-":
-            self._f = sys.stdout
+        self._stdout = path is None or path == "-"
+        self._fd: int | None = None
+        if self._stdout:
             self.max_bytes = None     # nothing to rotate on a pipe
         else:
-            self._f = self._open(truncate=True)
+            self._fd = self._open(truncate=True)
         self._line(self._header)
 
     # --- files ------------------------------------------------------------------
 
-    def _open(self, truncate: bool):
+    def _open(self, truncate: bool) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else os.O_APPEND)
         fd = os.open(self.path, flags, self.mode)
         try:
             os.fchmod(fd, self.mode)   # the mode we promise, whatever the umask
             self._size = os.fstat(fd).st_size
             self._records = 1 if self._size else 0   # a non-empty file is rotatable
-            return os.fdopen(fd, "w", encoding="utf-8")
+            return fd
         except BaseException:
             os.close(fd)
             raise
 
     def _close_file(self) -> None:
-        """Flush, fsync and close the current file (never stdout)."""
-        self._f.flush()
-        if self._f is not sys.stdout:
-            os.fsync(self._f.fileno())
-            self._f.close()
+        """fsync and close the current file (never stdout)."""
+        if self._stdout:
+            sys.stdout.flush()
+            return
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _sync_dir(self) -> None:
         """Make the renames themselves durable."""
@@ -99,17 +110,40 @@ class TraceWriter:
         h["segment"] = self.segment
         return h
 
-    def _line(self, obj: dict) -> None:
-        data = json.dumps(obj, separators=(",", ":")) + "\n"
-        self._f.write(data)
-        self._size += len(data.encode("utf-8"))
+    @staticmethod
+    def _encode(obj: dict) -> bytes:
+        return (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+
+    def _line(self, obj: dict, data: bytes | None = None) -> int:
+        if data is None:
+            data = self._encode(obj)
+        if self._stdout:
+            sys.stdout.write(data.decode("utf-8"))
+            sys.stdout.flush()
+            return len(data)
+        if self._fd is None:
+            # a rotation or reopen failed half-way: continue PATH
+            self._fd = self._open(truncate=False)
+        start, view = self._size, memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)     # no half line stays behind
+            except OSError:
+                pass
+            raise
+        self._size += len(data)
+        return len(data)
 
     # --- rotation -----------------------------------------------------------------
 
     def rotate(self) -> None:
         """Shift PATH to PATH.1 (and older ones up, dropping beyond ``keep``)
         and start a new PATH with a current-state header."""
-        if self._f is sys.stdout:
+        if self._stdout:
             return
         self._close_file()
         if self.keep == 0:
@@ -124,9 +158,8 @@ class TraceWriter:
                     os.rename(src, f"{self.path}.{i + 1}")
             os.rename(self.path, f"{self.path}.1")
         self.segment += 1
-        self._f = self._open(truncate=True)
+        self._fd = self._open(truncate=True)
         self._line(self._next_header())
-        self._f.flush()
         self._sync_dir()
 
     def request_reopen(self) -> None:
@@ -150,45 +183,47 @@ class TraceWriter:
         PATH is still our file, nothing changes; if it is new (or empty, as
         logrotate's ``create`` leaves it) it starts with a current-state header."""
         self._reopen_requested = False
-        if self._f is sys.stdout:
-            self._f.flush()
+        if self._stdout:
+            sys.stdout.flush()
             return
-        ours = os.fstat(self._f.fileno())
-        try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
-                self._f.flush()
-                os.fsync(self._f.fileno())
-                return
-        except FileNotFoundError:
-            pass
-        self._close_file()
+        if self._fd is not None:
+            ours = os.fstat(self._fd)
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+                    os.fsync(self._fd)
+                    return
+            except FileNotFoundError:
+                pass
+            self._close_file()
         self.segment += 1
         # O_APPEND, not O_TRUNC: whatever is at PATH now is not ours to destroy;
         # a non-empty file gets no header (a second header mid-file is invalid)
-        self._f = self._open(truncate=False)
+        self._fd = self._open(truncate=False)
         if self._size == 0:
             self._line(self._next_header())
-        self._f.flush()
 
     # --- the writer's interface ------------------------------------------------------
 
     def write(self, record: dict) -> None:
         if self._reopen_requested:
             self.reopen()
-        data = json.dumps(record, separators=(",", ":")) + "\n"
-        n = len(data.encode("utf-8"))
+        if self._fd is None and not self._stdout:
+            self._fd = self._open(truncate=False)
+            if self._size == 0:
+                self._line(self._next_header())
+        data = self._encode(record)
         # a file holding only its header is never rotated: a record larger
         # than max_bytes gets a file of its own instead of rotating forever
-        if self.max_bytes is not None and self._size + n > self.max_bytes and self._records:
+        if self.max_bytes is not None and self._size + len(data) > self.max_bytes and self._records:
             self.rotate()
-        self._f.write(data)
-        self._size += n
+        self._line(record, data)
         self._records += 1
-        self._f.flush()
 
     def close(self) -> None:
-        if self._f is None:
+        if self._stdout:
+            sys.stdout.flush()
+            return
+        if self._fd is None:
             return
         self._close_file()
-        self._f = None

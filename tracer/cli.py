@@ -9,7 +9,7 @@ import click
 
 from . import __version__
 from .lab.cli import lab
-from .runcmd import probes, run
+from .runcmd import inspect, probes, run
 from .validate_cmd import validate
 
 
@@ -19,7 +19,7 @@ def cli() -> None:
     """Observe and validate Linux livepatch (un)patch callbacks."""
 
 
-for _cmd in (validate, run, probes, lab):
+for _cmd in (validate, run, probes, inspect, lab):
     cli.add_command(_cmd)
 
 

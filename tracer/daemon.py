@@ -1,10 +1,21 @@
 """The run loop of ``klptrace run``: BPF events -> inference -> records ->
 TraceWriter and the rule engine (online, violations logged as they happen).
 SIGINT/SIGTERM stop it cleanly: the ring buffer is drained, held records are
-flushed, tracefs probes are removed, the trace is closed."""
+flushed, tracefs probes are removed, the trace is closed.
+
+The event path never loses a record silently. Every stage (decoding a ring
+buffer event, the inference, writing the trace, judging) runs under a guard
+(``_guarded``): an exception is counted (klptrace_handler_errors_total{stage}),
+logged once per stage and kind with what it hit, and turned into a ``loss``
+record at that point, so the engine says `unknown` where it cannot know.
+A trace that cannot be written (a full disk) is counted record by record;
+the daemon keeps judging and serving metrics, and once writing works again
+a ``loss`` record in the trace says how many records are missing from it.
+"""
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 import sys
@@ -13,10 +24,20 @@ import time
 from . import events as ev
 from . import exitcodes as xc
 from . import kstate
+from . import rawevents as rw
 from .infer import Inference
 from .probeplan import make_plan, format_plan
 
 POLL_MS = 200
+
+
+class Stage(str, enum.Enum):
+    """Where on the event path an error was caught (the `stage` label)."""
+    DECODE = "decode"       # a ring-buffer event into rawevents.Raw
+    INFER = "infer"         # tracer.infer: raw events into records
+    WRITE = "write"         # the trace writer
+    JUDGE = "judge"         # the rule engine
+    TICK = "tick"           # the poll loop's own work (losses, hold deadlines)
 
 
 def log(msg: str) -> None:
@@ -40,15 +61,34 @@ def _engine(header: dict, on_transition_done=None):
     return Engine(header, on_transition_done=on_transition_done)
 
 
+class FaultInjection:
+    """Test hook (tests/kernel): KLPT_INJECT_FAULT=STAGE:N raises an exception
+    in STAGE at its Nth event, once, to prove the guards. Unset: no cost but
+    one comparison."""
+
+    def __init__(self, spec: str | None):
+        self.stage, self.at, self.n = None, 0, 0
+        if spec:
+            stage, _, n = spec.partition(":")
+            self.stage, self.at = Stage(stage), int(n or 1)
+
+    def check(self, stage: Stage) -> None:
+        if stage is self.stage:
+            self.n += 1
+            if self.n == self.at:
+                raise RuntimeError(f"fault injected by KLPT_INJECT_FAULT at {stage.value} #{self.n}")
+
+
 class Daemon:
     def __init__(self, trace: str | None, preload: list[str], ready_file: str | None,
                  verbose: bool = False, *, listen=None, tls_cert: str | None = None,
                  tls_key: str | None = None, metrics_max_patches: int | None = None,
                  trace_max_bytes: int | None = None, trace_keep: int | None = None,
-                 ring_pages: int = 64):
+                 ring_pages: int = 64, skip_points: tuple[str, ...] = ()):
         self.trace_path = trace
         self.ring_pages = ring_pages
         self.preload_paths = preload
+        self.skip_points = frozenset(skip_points)
         self.ready_file = ready_file
         self.verbose = verbose
         self.listen = listen                  # exporters.server.Listen, None = no metrics
@@ -63,6 +103,16 @@ class Daemon:
         self.engine = None
         self.plan = None
         self.writer = None
+        self.inference: Inference | None = None
+        self.probes = None
+        self.loader = None
+        self.metrics = None
+        self.handler_errors: dict[str, int] = {}
+        self._said: set[tuple[str, str]] = set()
+        self.unwritten = 0                     # records not in the trace (write failed)
+        self.unwritten_now = 0                 # ... since writing last failed
+        self._unwritten_first: int | None = None
+        self._fault = FaultInjection(os.environ.get("KLPT_INJECT_FAULT"))
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop = True
@@ -85,71 +135,105 @@ class Daemon:
         self.metrics = DaemonMetrics(lambda: self.engine.stats if self.engine else None,
                                      livepatch_state=kstate.patches,
                                      probes=lambda: plan_probes(self.plan) if self.plan else [],
+                                     health=self.health,
                                      kernel_release=os.uname().release, **kw)
         srv = mserver.start(self.metrics, self.listen, certfile=self.tls[0], keyfile=self.tls[1])
         log(f"metrics at {srv.url}")
         return srv
 
+    def health(self) -> dict:
+        """The daemon's own counters, read at scrape time (exporters.metrics)."""
+        inf, probes, loader = self.inference, self.probes, self.loader
+        hits = {}
+        if loader is not None:
+            try:
+                hits = dict(zip(rw.HIT_PROGRAMS, loader.hits()))
+            except Exception:       # a scrape must not fail because a map read did
+                hits = {}
+        return {
+            "handler_errors": dict(self.handler_errors),
+            "gaps": dict(inf.gaps) if inf else {},
+            "holds_expired": dict(inf.out.expired) if inf else {},
+            "unattributed": inf.unattributed if inf else 0,
+            "unwritten": self.unwritten,
+            "direct_errors": dict(probes.errors) if probes else {},
+            "direct_attached": probes.attached if probes else 0,
+            "probe_hits": hits,
+        }
+
+    # --- the guarded event path --------------------------------------------------------
+
+    def _guarded(self, stage: Stage, fn, *args, ts_ns: int | None = None) -> bool:
+        """Run one stage; an exception is counted, logged once per kind, and
+        becomes a gap (a loss record) where it happened."""
+        try:
+            self._fault.check(stage)
+            fn(*args)
+            return True
+        except Exception as e:
+            self.handler_errors[stage.value] = self.handler_errors.get(stage.value, 0) + 1
+            key = (stage.value, type(e).__name__)
+            if key not in self._said:
+                self._said.add(key)
+                log(f"error in {stage.value}: {type(e).__name__}: {e} (counted in "
+                    f"klptrace_handler_errors_total{{stage=\"{stage.value}\"}}; a loss "
+                    "record marks the gap; further errors of this kind are only counted)")
+            if stage in (Stage.DECODE, Stage.INFER, Stage.TICK):
+                self._gap(ts_ns, f"{stage.value} error: {type(e).__name__}")
+            return False
+
+    def _gap(self, ts_ns: int | None, reason: str) -> None:
+        ts = ts_ns if ts_ns is not None else time.monotonic_ns()
+        try:
+            self.inference.loss(ts, 0)
+        except Exception:
+            # the inference itself is broken: write the gap past it
+            rec = ev.loss(self.inference.out.seq, ts, 0, reason=reason)
+            self.inference.out.seq += 1
+            self._sink(rec)
+
+    def _on_event(self, data) -> None:
+        """bcc's ring-buffer callback: one raw event."""
+        r = None
+
+        def decode():
+            nonlocal r
+            r = rw.decode(data)
+        if self._guarded(Stage.DECODE, decode):
+            self._guarded(Stage.INFER, self.inference.feed, r, ts_ns=r.ts_ns)
+
     def _sink(self, rec: dict) -> None:
-        self.writer.write(rec)
         self.records += 1
+        self._write(rec)
         if self.verbose:
             log(f"record {rec}")
         if self.engine is not None:
-            for f in self.engine.feed(rec):
-                self._report(f)
+            self._guarded(Stage.JUDGE, self._judge, rec)
 
-    def _feed_raw(self, r) -> None:
-        """Each event carries the BPF `lost` counter as it was when the event
-        was reserved: an increase means records were lost right before it, so
-        the `loss` record goes exactly there, not wherever the poll loop
-        happens to notice it."""
-        if r.lost > self.lost_seen:
-            self.inference.loss(r.ts_ns, r.lost - self.lost_seen)
-            self.lost_seen = r.lost
-        self.inference.feed(r)
+    def _judge(self, rec: dict) -> None:
+        for f in self.engine.feed(rec):
+            self._report(f)
 
-    def _check_lost(self, lost: int) -> None:
-        """Losses after the last event read (no later event carries them)."""
-        if lost > self.lost_seen:
-            self.inference.loss(time.monotonic_ns(), lost - self.lost_seen)
-            self.lost_seen = lost
-
-    def _attach_for_enabled(self, patch: str, objs) -> None:
-        """A patch not preloaded was just enabled: probe its callback functions
-        directly for the callbacks that run later (post_patch, disable, modules).
-        The BPF `armed` map is set only once all are attached, so a snapshot sees
-        all or none of this patch's callbacks as directly observed."""
-        want = {}
-        for o in objs:
-            for i, addr in enumerate(o.cb):
-                if addr and (patch, o.name, ev.CALLBACKS[i]) not in self.preload_cover:
-                    want.setdefault(addr, set()).add(i == 0)
-        want = {a: r for a, r in want.items() if a not in self.armed_addrs}
-        if not want:
-            return
-        from .modsyms import Target, kallsyms_lookup
+    def _write(self, rec: dict) -> None:
         try:
-            names = kallsyms_lookup(set(want))
-        except OSError as e:
-            log(f"warning: /proc/kallsyms: {e.strerror}; '{patch}' stays inferred")
-            return
-        armed = []
-        for addr, rets in want.items():
-            if addr not in names:
-                continue
-            mod, sym = names[addr]
-            errs = [self.probes.add(Target(mod, sym, ret, paired=not ret and True in rets),
-                                    self.loader) for ret in sorted({False} | rets)]
-            if any(errs):
-                log(f"warning: direct probe {mod}:{sym}: {[e for e in errs if e][0]}")
-                continue
-            armed.append(addr)
-        for addr in armed:
-            self.loader.set_armed(addr)
-            self.armed_addrs.add(addr)
-        if armed:
-            log(f"direct probes on {len(armed)} callback function(s) of '{patch}'")
+            self._fault.check(Stage.WRITE)
+            if self._unwritten_first is not None:
+                # writing works again: the trace says what it is missing
+                self.writer.write(ev.loss(self._unwritten_first, rec["ts_ns"], self.unwritten_now,
+                                          reason="trace write failed"))
+                log(f"trace writable again; {self.unwritten_now} record(s) are missing from it "
+                    "(a loss record marks the gap)")
+                self._unwritten_first = None
+            self.writer.write(rec)
+        except Exception as e:
+            if self._unwritten_first is None:
+                self._unwritten_first = rec["seq"]
+                self.unwritten_now = 0
+                log(f"cannot write the trace: {e}; judging and metrics go on, unwritten "
+                    "records are counted (klptrace_trace_records_unwritten_total)")
+            self.unwritten_now += 1
+            self.unwritten += 1
+            self.handler_errors[Stage.WRITE.value] = self.handler_errors.get(Stage.WRITE.value, 0) + 1
 
     def _report(self, f) -> None:
         if f.kind == "violation":
@@ -160,8 +244,16 @@ class Daemon:
         else:
             log(f"warning: {f.message}")
 
+    def _tick(self) -> None:
+        now = time.monotonic_ns()
+        self.inference.check_lost(self.loader.lost(), now)
+        self.inference.tick(now)
+
+    # --- the run --------------------------------------------------------------------
+
     def run(self) -> int:
         from exporters.tracewriter import TraceWriter
+        from .directprobes import DirectProbes
         from .loader import Loader, SOURCE
         from . import modsyms
 
@@ -174,22 +266,18 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         server = self._start_metrics()
 
-        pending = []
         t0 = time.monotonic()
-        self.inference: Inference | None = None
         raw_before: list = []
 
-        self.lost_seen = 0
-
-        def on_raw(r):
+        def on_event(data):
             # events can only arrive after attach; the inference exists by then
             if self.inference is None:
-                raw_before.append(r)
+                raw_before.append(rw.decode(data))
             else:
-                self._feed_raw(r)
+                self._on_event(data)
 
         try:
-            loader = Loader(on_raw, ring_pages=self.ring_pages)
+            loader = self.loader = Loader(on_event, ring_pages=self.ring_pages)
         except Exception as e:    # bcc raises bare Exceptions: compile or load failure
             msg = str(e).strip().splitlines()
             log(f"BPF compile/load of {SOURCE} failed: {msg[-1] if msg else type(e).__name__} "
@@ -198,15 +286,15 @@ class Daemon:
                 server.close()
             return xc.ATTACH_FAILED
         log(f"BPF compiled and loaded in {time.monotonic() - t0:.1f}s")
-        probes = modsyms.TracefsProbes()
-        self.probes, self.loader, self.armed_addrs = probes, loader, set()
+        preload = modsyms.Preload(self.preload_paths)
+        for w in preload.warnings:
+            log(f"warning: {w}")
+        probes = self.probes = DirectProbes(loader, preload, log)
         try:
-            probes.remove_stale()
-            preload = modsyms.Preload(self.preload_paths)
-            for w in preload.warnings:
-                log(f"warning: {w}")
+            probes.start()
             state = kstate.state()
-            plan = self.plan = make_plan(loader.attach, kfunc=loader.kfunc_support())
+            plan = self.plan = make_plan(loader.attach, kfunc=loader.kfunc_support(),
+                                         skip=self.skip_points)
             missing = plan.missing_required()
             if len(missing) == len([r for r in plan.results if r.point.required]):
                 log("no probe could be attached to the livepatch core "
@@ -214,25 +302,18 @@ class Daemon:
                 return xc.ATTACH_FAILED
             for m in missing:
                 log(f"warning: point '{m}' not attached; its records will be missing")
-            for target in preload.targets():
-                err = probes.add(target, loader)
-                if err:
-                    log(f"warning: direct probe {target.module}:{target.symbol}: {err}")
             header = ev.header(os.uname().release, state=state,
                                observes=list(ev.CALLBACKS), probes=plan.to_json(),
                                preload=sorted(preload.modules()), tracer="klptrace run")
             self.writer = TraceWriter(self.trace_path, header, state_provider=kstate.state,
                                       **self.trace_rotation)
-            metrics = getattr(self, "metrics", None)
+            metrics = self.metrics
             self.engine = _engine(header, metrics.observe_transition if metrics else None)
-            self.preload_cover = preload.cover()
-            self.inference = Inference(self._sink, core_kinds=plan.core_kinds(),
-                                       preload_cover=self.preload_cover,
-                                       on_enable=self._attach_for_enabled,
+            self.inference = Inference(self._sink, core_kinds=plan.core_kinds(), coverage=probes,
                                        active=[p for p in state["patches"]
                                                if p["enabled"] or p["transition"]])
             for r in raw_before:
-                self._feed_raw(r)
+                self._guarded(Stage.INFER, self.inference.feed, r, ts_ns=r.ts_ns)
             if self.verbose:
                 log("\n" + format_plan(plan))
             rss_before = _rss_mb()
@@ -246,32 +327,42 @@ class Daemon:
                 f"trace: {self.trace_path or 'stdout'}")
             while not self.stop:
                 loader.poll(POLL_MS)
-                self._check_lost(loader.lost())
+                self._guarded(Stage.TICK, self._tick)
                 if self.writer.reopen_requested:
                     loader.drain()       # what happened before the HUP: old file
-                    self.writer.reopen()
-                    log(f"trace reopened: {self.trace_path}")
+                    self._guarded(Stage.TICK, self._tick)
+                    try:
+                        self.writer.reopen()
+                        log(f"trace reopened: {self.trace_path}")
+                    except OSError as e:
+                        log(f"cannot reopen the trace {self.trace_path}: {e.strerror}; "
+                            "writing to the old file")
             sdnotify.stopping()
             loader.drain()
+            self._guarded(Stage.TICK, self._tick)
             lost = loader.lost()
-            self._check_lost(lost)
-            self.inference.flush()
+            self._guarded(Stage.TICK, self.inference.flush)
             if self.engine is not None:
                 for f in self.engine.finish():
                     self._report(f)
             hits = loader.hits()
             log(f"stopped: {self.records} records, {lost} lost, {self.violations} violations; "
-                f"probe hits {sum(hits)}")
+                f"probe hits {sum(hits)}"
+                + (f"; {self.unwritten} record(s) not written" if self.unwritten else "")
+                + (f"; handler errors {self.handler_errors}" if self.handler_errors else ""))
             if self.verbose:
-                log(f"hits per program slot: {hits}")
+                log(f"hits per program: {dict(zip(rw.HIT_PROGRAMS, hits))}")
             return 0
         finally:
             if server is not None:
                 server.close()
-            if getattr(self, "writer", None) is not None:
-                self.writer.close()
+            if self.writer is not None:
+                try:
+                    self.writer.close()
+                except OSError as e:
+                    log(f"closing the trace: {e.strerror}")
+            probes.stop()
             loader.detach_tracefs()
-            probes.remove_all()
             loader.close()
             if self.ready_file:
                 try:

@@ -12,11 +12,39 @@ from pathlib import Path
 from . import rawevents as rw
 from .probeplan import Point
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+def _bpf_dir() -> Path:
+    """bpf/ is installed as the package ``klptrace_bpf`` (pyproject.toml), so
+    an installed klptrace finds its C sources through the package, wherever
+    pip put it; a source checkout has the same directory beside tracer/."""
+    try:
+        from importlib.resources import files
+        d = Path(str(files("klptrace_bpf")))
+        if (d / "klptrace.bpf.c").exists():
+            return d
+    except (ImportError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "bpf"
+
+
+BPF_DIR = _bpf_dir()
 SOURCE = BPF_DIR / "klptrace.bpf.c"
+DIRECT_PROGRAMS = ("on_direct", "on_direct_pre", "on_direct_ret")
 # ring buffer size in pages (a power of two). An event is about 1 KiB, so the
 # default holds ~270 events: a livepatch operation writes tens.
 DEFAULT_RING_PAGES = 64
+
+
+def struct_cflags(btf_path: str | None = None) -> tuple[list[str], str]:
+    """-D macros with the kernel struct offsets the BPF programs read, from the
+    running kernel's BTF (tracer/btf.py), and where they came from; without
+    BTF, the build that includes the kernel's headers (slower to compile)."""
+    from . import btf
+    try:
+        offs = btf.offsets(btf_path or btf.BTF_PATH)
+    except (OSError, btf.BtfError) as e:
+        return ["-DKLPT_USE_HEADERS"], f"kernel headers (no usable BTF: {e})"
+    return [f"-D{k}={v}" for k, v in sorted(offs.items())], "BTF"
 
 
 class Loader:
@@ -49,18 +77,23 @@ class Loader:
     def __init__(self, on_event, ring_pages: int = DEFAULT_RING_PAGES):
         from bcc import BPF  # the one bcc import; tracer.runcmd maps ImportError to NO_BCC
         self._BPF = BPF
+        self.cflags, self.layout = struct_cflags()
         self.bpf = BPF(src_file=str(SOURCE).encode(),
                        cflags=[f"-I{BPF_DIR}", "-Wno-unused-function",
-                               f"-DKLPT_RING_PAGES={int(ring_pages)}"])
+                               f"-DKLPT_RING_PAGES={int(ring_pages)}"] + self.cflags)
         self._on_event = on_event
         snap = self.bpf["snap"]   # the tail-called snapshot programs (see klptrace.bpf.c)
         for i, name in enumerate(("do_snap_patch", "do_snap_obj")):
             snap[ctypes.c_int(i)] = ctypes.c_int(self.bpf.load_func(name, BPF.KPROBE).fd)
         self.bpf["events"].open_ring_buffer(self._cb)
-        self._tp_fds: list[int] = []
+        self._tp_fds: set[int] = set()
+        # loaded here, in the main thread: the direct-probe worker only attaches
+        self._direct_fds = {p: self.bpf.load_func(p, BPF.KPROBE).fd for p in DIRECT_PROGRAMS}
 
     def _cb(self, _ctx, data, _size):
-        self._on_event(rw.decode(data))
+        # ctypes would print and swallow an exception raised here: the daemon's
+        # handler catches, counts and reports every one (tracer/daemon.py)
+        self._on_event(data)
 
     def kfunc_support(self) -> bool:
         try:
@@ -79,7 +112,7 @@ class Loader:
         return None
 
     def attach_tracefs(self, group: str, event: str, ret: bool, *,
-                       paired: bool = False) -> str | None:
+                       paired: bool = False) -> tuple[int | None, str | None]:
         """Attach on_direct (on_direct_pre if the function's return is probed
         too, so that on_direct_ret finds its argument; on_direct_ret for the
         return) to a tracefs kprobe event (one created in kprobe_events, possibly
@@ -87,22 +120,24 @@ class Loader:
         BPF_PROG_TYPE_KPROBE program through perf_event_open on its id."""
         from bcc.libbcc import lib
         prog = "on_direct_ret" if ret else "on_direct_pre" if paired else "on_direct"
-        fn = self.bpf.load_func(prog, self._BPF.KPROBE)
-        fd = lib.bpf_attach_tracepoint(fn.fd, group.encode(), event.encode())
+        fd = lib.bpf_attach_tracepoint(self._direct_fds[prog], group.encode(), event.encode())
         if fd < 0:
-            return f"perf attach to {group}/{event} failed: {os.strerror(ctypes.get_errno() or 22)}"
-        self._tp_fds.append(fd)
-        return None
+            return None, (f"perf attach to {group}/{event} failed: "
+                          f"{os.strerror(ctypes.get_errno() or 22)}")
+        self._tp_fds.add(fd)
+        return fd, None
+
+    def detach_fd(self, fd: int) -> None:
+        """Detach one direct probe (before its tracefs event can be removed:
+        the kernel refuses to remove an event that is in use, EBUSY)."""
+        from bcc.libbcc import lib
+        if fd in self._tp_fds:
+            self._tp_fds.discard(fd)
+            lib.bpf_close_perf_event_fd(fd)
 
     def detach_tracefs(self) -> None:
-        from bcc.libbcc import lib
-        for fd in self._tp_fds:
-            lib.bpf_close_perf_event_fd(fd)
-        self._tp_fds = []
-
-    def set_armed(self, addr: int) -> None:
-        t = self.bpf["armed"]
-        t[t.Key(addr)] = t.Leaf(1)
+        for fd in list(self._tp_fds):
+            self.detach_fd(fd)
 
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)

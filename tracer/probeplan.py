@@ -50,6 +50,9 @@ POINTS = (
           gives="transition start; pre_unpatch of patched objects when disabling"),
     Point("complete", "klp_complete_transition", "on_complete_transition",
           gives="transition complete; post_patch / post_unpatch (post_unpatch_enabled); replaced"),
+    Point("complete-ret", "klp_complete_transition", "on_complete_transition_ret", ret=True,
+          required=False,
+          gives="end of the completion's callbacks (else: the next event of that thread)"),
     Point("cancel", "klp_cancel_transition", "on_cancel_transition",
           gives="transition cancel; which object's pre_patch failed"),
     Point("reverse", "klp_reverse_transition", "on_reverse_transition",
@@ -190,16 +193,27 @@ def kernel_facts(funcs: set[str]) -> tuple[set[str], set[str], set[str], bool]:
             os.path.exists("/sys/kernel/btf/vmlinux"))
 
 
-def make_plan(attach, kfunc: bool | None = None) -> Plan:
+def make_plan(attach, kfunc: bool | None = None, skip: frozenset[str] = frozenset()) -> Plan:
     """``attach(point) -> None | str``: tries to attach the point as a kprobe
-    (or kretprobe) and returns None on success, else the error text."""
+    (or kretprobe) and returns None on success, else the error text. Return
+    probes are attached before entry probes: an operation that begins while
+    the probes are being attached then shows a return without its entry
+    (reported as a gap), never an entry whose return nobody waits for.
+    ``skip``: points not to attach (``klptrace run --skip-point``)."""
+    unknown = skip - {p.name for p in POINTS}
+    if unknown:
+        raise ValueError(f"unknown point(s) {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(p.name for p in POINTS)})")
     funcs = {p.func for p in POINTS}
     kall, ftr, black, btf = kernel_facts(funcs)
     plan = Plan(kernel=os.uname().release, btf=btf, kfunc=kfunc)
-    for p in POINTS:
+    results = {}
+    for p in sorted(POINTS, key=lambda p: not p.ret):
         r = PointResult(p, in_kallsyms=p.func in kall, ftrace_ok=p.func in ftr,
                         blacklisted=p.func in black)
-        if not r.in_kallsyms:
+        if p.name in skip:
+            r.why = "skipped (--skip-point)"
+        elif not r.in_kallsyms:
             r.why = "not in kallsyms (inlined or absent)"
         elif r.blacklisted:
             r.why = "in the kprobe blacklist"
@@ -210,7 +224,8 @@ def make_plan(attach, kfunc: bool | None = None) -> Plan:
                 r.why = "" if r.ftrace_ok else "not ftrace-able: int3 kprobe"
             else:
                 r.why = f"kprobe refused: {err}"
-        plan.results.append(r)
+        results[p.name] = r
+    plan.results = [results[p.name] for p in POINTS]
     return plan
 
 

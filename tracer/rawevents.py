@@ -12,10 +12,10 @@ import ctypes
 from dataclasses import dataclass, field
 
 NAME_LEN = 56
-MAX_OBJS = 8
-HIT_SLOTS = 24
+CHUNK_OBJS = 8              # objects per snapshot event
+MAX_CHUNKS = 32             # events per patch snapshot: at most 256 objects
 
-# event kinds (klptrace.h KLPT_*)
+# event kinds (klptrace.h enum klpt_kind)
 ENABLE_RET = 1
 INIT_TRANSITION = 2
 PATCH_OBJECT = 3
@@ -33,8 +33,20 @@ DIRECT = 14
 DIRECT_RET = 15
 CORE = 16
 MODULE_GOING_RET = 17
+COMPLETE_RET = 18
 
+# enum klpt_ctx
 CTX_NONE, CTX_COMING, CTX_GOING = 0, 1, 2
+
+# enum klpt_snap
+SNAP_LAST, SNAP_MORE, SNAP_TRUNCATED = 0, 1, 2
+
+# enum klpt_hit, in order: the label values of klptrace_probe_hits_total{program}
+HIT_PROGRAMS = ("enable", "enable_ret", "init", "start", "complete", "cancel", "reverse",
+                "force", "patch_object", "patch_object_ret", "unpatch_object",
+                "module_coming", "module_coming_ret", "module_going", "module_going_ret",
+                "core", "direct", "direct_ret", "complete_ret")
+HIT_SLOTS = len(HIT_PROGRAMS)
 
 # kernel klp_target_state values
 KLP_UNPATCHED, KLP_PATCHED = 0, 1
@@ -47,7 +59,7 @@ class CObj(ctypes.Structure):
                 ("patched", ctypes.c_uint8),
                 ("post_unpatch_enabled", ctypes.c_uint8),
                 ("dynamic", ctypes.c_uint8),
-                ("armed", ctypes.c_uint8 * 4)]
+                ("pad", ctypes.c_uint8 * 4)]
 
 
 class CEvent(ctypes.Structure):
@@ -59,11 +71,13 @@ class CEvent(ctypes.Structure):
                 ("pid", ctypes.c_uint32),
                 ("ctx", ctypes.c_uint32),
                 ("nobjs", ctypes.c_uint32),
-                ("nobjs_total", ctypes.c_uint32),
+                ("chunk", ctypes.c_uint32),
+                ("snap", ctypes.c_uint32),
                 ("replace", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32),
                 ("patch", ctypes.c_char * NAME_LEN),
                 ("module", ctypes.c_char * NAME_LEN),
-                ("objs", CObj * MAX_OBJS)]
+                ("objs", CObj * CHUNK_OBJS)]
 
 
 @dataclass
@@ -75,7 +89,6 @@ class Obj:
     patched: bool = False
     post_unpatch_enabled: bool = False
     dynamic: bool = False
-    armed: tuple[bool, bool, bool, bool] = (False, False, False, False)
 
 
 @dataclass
@@ -90,8 +103,9 @@ class Raw:
     ctx: int = CTX_NONE
     replace: bool = False
     objs: list[Obj] = field(default_factory=list)
-    truncated: bool = False          # the patch has more objects than MAX_OBJS
     lost: int = 0                    # BPF `lost` counter when the event was reserved
+    chunk: int = 0                   # snapshot events: index in the chain (tracer/snapshots.py)
+    snap: int = SNAP_LAST            # snapshot events: SNAP_*
 
 
 def _s(b: bytes) -> str:
@@ -105,12 +119,12 @@ def decode(data) -> Raw:
     else:
         ev = ctypes.cast(data, ctypes.POINTER(CEvent)).contents
     objs = []
-    for i in range(min(ev.nobjs, MAX_OBJS)):
+    for i in range(min(ev.nobjs, CHUNK_OBJS)):
         o = ev.objs[i]
         objs.append(Obj(name=_s(o.name) or "vmlinux", cb=tuple(o.cb),
                         loaded=bool(o.loaded), patched=bool(o.patched),
                         post_unpatch_enabled=bool(o.post_unpatch_enabled),
-                        dynamic=bool(o.dynamic), armed=tuple(bool(a) for a in o.armed)))
+                        dynamic=bool(o.dynamic)))
     return Raw(kind=ev.kind, ts_ns=ev.ts_ns, patch=_s(ev.patch), module=_s(ev.module),
                arg=int(ev.arg), ip=ev.ip, pid=ev.pid, ctx=ev.ctx, replace=bool(ev.replace),
-               objs=objs, truncated=ev.nobjs_total > ev.nobjs, lost=ev.lost)
+               objs=objs, lost=ev.lost, chunk=ev.chunk, snap=ev.snap)

@@ -72,10 +72,14 @@ def _power_of_two(_ctx, _param, value: int) -> int:
 @click.option("--ring-pages", type=int, default=64, show_default=True, callback=_power_of_two,
               help="BPF ring buffer size in pages (a power of two; an event is ~1 KiB). "
                    "Every record a full buffer drops is counted and written as a `loss` record.")
+@click.option("--skip-point", "skip_points", multiple=True, metavar="POINT",
+              help="Do not attach this observation point (see `klptrace probes`), e.g. one "
+                   "that misbehaves on this kernel; what it would have seen is a gap. "
+                   "Repeatable.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the plan and every record.")
 @exporter_options
-def run(trace, preload, ready_file, ring_pages, verbose, listen, no_metrics, tls_cert, tls_key,
-        metrics_max_patches, trace_max_bytes, trace_keep):
+def run(trace, preload, ready_file, ring_pages, skip_points, verbose, listen, no_metrics,
+        tls_cert, tls_key, metrics_max_patches, trace_max_bytes, trace_keep):
     """Trace livepatch callbacks on this kernel until SIGINT/SIGTERM; serve
     Prometheus metrics; SIGHUP reopens the trace (logrotate)."""
     from exporters.server import ExporterError, check_tls, parse_listen
@@ -84,6 +88,11 @@ def run(trace, preload, ready_file, ring_pages, verbose, listen, no_metrics, tls
         check_tls(tls_cert, tls_key)
     except ExporterError as e:
         _fail(xc.BAD_INPUT, str(e))
+    from .probeplan import POINTS
+    bad = sorted(set(skip_points) - {p.name for p in POINTS})
+    if bad:
+        _fail(xc.BAD_INPUT, f"--skip-point {', '.join(bad)}: no such point "
+              f"(known: {', '.join(p.name for p in POINTS)})")
     _preflight()
     # checked before the minute-long BPF compile, not after it
     for what, path in (("--trace", trace), ("--ready-file", ready_file)):
@@ -97,7 +106,7 @@ def run(trace, preload, ready_file, ring_pages, verbose, listen, no_metrics, tls
                       tls_cert=tls_cert, tls_key=tls_key,
                       metrics_max_patches=metrics_max_patches,
                       trace_max_bytes=trace_max_bytes, trace_keep=trace_keep,
-                      ring_pages=ring_pages).run()
+                      ring_pages=ring_pages, skip_points=tuple(skip_points)).run()
     except ExporterError as e:      # port in use etc.: before the OSError below
         _fail(xc.BAD_INPUT, str(e))
     except OSError as e:
@@ -107,11 +116,54 @@ def run(trace, preload, ready_file, ring_pages, verbose, listen, no_metrics, tls
     sys.exit(code)
 
 
+def format_inspect(path: str) -> tuple[str, bool]:
+    """The callbacks of one livepatch .ko, per object, and how they were found."""
+    from .modsyms import ElfError, read_callbacks
+    try:
+        name, cbs = read_callbacks(path)
+    except OSError as e:
+        return f"{path}: {e.strerror}", False
+    except ElfError as e:
+        return str(e), False
+    lines = [f"{path}: livepatch {name}: {len(cbs)} callback(s)"]
+    objs: dict[str, list] = {}
+    for c in cbs:
+        objs.setdefault(c.object, []).append(c)
+    for obj, cs in objs.items():
+        lines.append(f"  object {obj}")
+        for c in cs:
+            probe = f"probe {name}:{c.spec}" if c.spec else "no unique symbol: probed by address once loaded"
+            lines.append(f"    {c.callback:<13} {c.symbol:<32} found in: {c.how:<10} {probe}")
+    if not cbs:
+        lines.append("  no callbacks (none registered, or a layout klptrace does not know)")
+    return "\n".join(lines), True
+
+
+@click.command()
+@click.argument("modules", nargs=-1, required=True, metavar="KO...",
+                type=click.Path(dir_okay=False))
+def inspect(modules):
+    """List the callbacks of livepatch .ko files, per object, and how they were
+    found (klp_object initialiser, kpatch-build section, klp-build record): what
+    `klptrace run --preload` probes. Needs no root and no running kernel."""
+    ok = True
+    for m in modules:
+        text, good = format_inspect(m)
+        click.echo(text)
+        ok &= good
+    sys.exit(xc.OK if ok else xc.BAD_INPUT)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def probes(as_json):
+@click.option("--preload", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Also list the callbacks this livepatch .ko would be probed at "
+                   "(as `klptrace inspect`); repeatable.")
+def probes(as_json, preload):
     """Show how each observation point attaches on this kernel, and what that
     means for the evidence of each callback kind."""
+    for m in preload:
+        click.echo(format_inspect(m)[0] + "\n")
     _preflight()
     from .loader import Loader
     from .probeplan import make_plan, format_plan

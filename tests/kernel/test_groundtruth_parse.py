@@ -22,11 +22,12 @@ def test_parse_lines() -> None:
     assert parse_line("klpt-lab: % insmod klpt_lp") is None
 
 
-def test_scenarios_are_the_eleven_documented_ones() -> None:
-    assert NAMES == (
+def test_scenarios_are_the_eleven_documented_ones_then_the_fleet_shapes() -> None:
+    assert NAMES[:11] == (
         "target-before-livepatch", "module-coming", "module-going", "module-coming-and-going",
         "target-not-present", "pre-patch-enodev", "module-coming-enodev",
         "multiple-target-modules", "busy-target", "multiple-livepatches", "atomic-replace")
+    assert {"upgrade-address-reuse", "cumulative-upgrade-rollback", "many-objects"} <= set(NAMES)
     for s in SCENARIOS:
         assert s.steps and s.expected
         for patch, obj, cb, ret in s.expected:

@@ -18,9 +18,15 @@
 #include <linux/module.h>
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
+#include <linux/delay.h>
 
 /* Returned by every pre_patch callback; a module parameter of the includer. */
 static int pre_patch_ret;
+
+/* While set (a module parameter of klpt_lp), every pre_patch callback waits,
+ * up to ten minutes, before it returns: a test keeps a module load inside
+ * klp_module_coming while it starts the tracer. */
+static int hold_pre_patch;
 
 static const char *klpt_obj_name(const struct klp_object *obj)
 {
@@ -52,7 +58,10 @@ static int klpt_pre_patch(struct klp_object *obj)
 	/* Read once so the logged value is the returned one even if sysfs
 	 * changes the parameter concurrently. */
 	int ret = READ_ONCE(pre_patch_ret);
+	int waited = 0;
 
+	while (READ_ONCE(hold_pre_patch) && waited++ < 6000)
+		msleep(100);
 	pr_info("klpt: patch=%s object=%s callback=pre_patch ret=%d state=%s\n",
 		KBUILD_MODNAME, klpt_obj_name(obj), ret, klpt_obj_state(obj));
 	return ret;

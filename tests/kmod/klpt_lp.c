@@ -18,6 +18,8 @@
 
 module_param(pre_patch_ret, int, 0644);
 MODULE_PARM_DESC(pre_patch_ret, "value returned by every pre_patch callback (default 0)");
+module_param(hold_pre_patch, int, 0644);
+MODULE_PARM_DESC(hold_pre_patch, "1: every pre_patch callback waits until it is 0 again (max 10 min)");
 
 /* vmlinux: the same function the kernel's livepatch sample replaces. */
 static int livepatch_cmdline_proc_show(struct seq_file *m, void *v)

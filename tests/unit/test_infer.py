@@ -13,8 +13,8 @@ from tracer.infer import Inference
 A = (0x1000, 0x2000, 0x3000, 0x4000)     # callback addresses of both objects
 
 
-def obj(name, *, loaded=True, patched=False, pue=False, armed=(False,) * 4):
-    return rw.Obj(name, A, loaded=loaded, patched=patched, post_unpatch_enabled=pue, armed=armed)
+def obj(name, *, loaded=True, patched=False, pue=False, cb=A):
+    return rw.Obj(name, cb, loaded=loaded, patched=patched, post_unpatch_enabled=pue)
 
 
 def raw(kind, *objs, patch="lp", module="", arg=0, ip=0, ctx=rw.CTX_NONE, pid=0, ts=[0]):
@@ -107,16 +107,48 @@ def test_module_going_and_coming():
                              ("m", "pre_patch", 0, "inferred"), ("m", "post_patch", None, "inferred")]
 
 
-def test_direct_wins_and_is_not_doubled():
+class Covered:
+    """Coverage as tracer/directprobes.py reports it: these (patch, obj, cb)
+    had a live direct probe since `since`."""
+
+    def __init__(self, keys=(), since=0):
+        self.keys, self.since = set(keys), since
+        self.enabled, self.gone = [], []
+
+    def covers(self, patch, o, cb, addr, since_ns):
+        return (patch, o, cb) in self.keys and self.since <= since_ns
+
+    def on_enable(self, patch, objs, ts):
+        self.enabled.append(patch)
+
+    def on_module_going(self, module, ts):
+        self.gone.append(module)
+
+
+def test_direct_wins_is_not_doubled_and_the_order_is_the_kernels():
+    """Mixed evidence: the inferred post_patch of m is predicted at the
+    completion snapshot, the direct one of vmlinux fills its slot; the trace
+    keeps the kernel's object order (vmlinux before m)."""
     pre = raw(rw.DIRECT_RET, obj("vmlinux"), arg=0, ip=A[0] + 1)
     post = raw(rw.DIRECT, obj("vmlinux"), ip=A[1] + 4)
     ev = enable_ok()
     out = run([ev[0], pre, ev[1], ev[2], ev[3], ev[4], post, ev[5]],
-              preload_cover={("lp", "vmlinux", "post_patch")})
-    # mixed evidence: an inferred record is written at the snapshot, a direct
-    # one when the callback runs, so across kinds the order can differ
+              coverage=Covered({("lp", "vmlinux", 1)}))
     assert cbs(out) == [("vmlinux", "pre_patch", 0, "direct"), ("m", "pre_patch", 0, "inferred"),
-                        ("m", "post_patch", None, "inferred"), ("vmlinux", "post_patch", None, "direct")]
+                        ("vmlinux", "post_patch", None, "direct"), ("m", "post_patch", None, "inferred")]
+
+
+def test_a_live_direct_probe_that_stays_silent_means_the_callback_did_not_run():
+    """With a live probe on m's post_patch that did not fire, the trace shows
+    no post_patch of m (the engine then says it is missing); without
+    coverage the kernel's code predicts it: inferred."""
+    ev = enable_ok()
+    silent = run(ev, coverage=Covered({("lp", "m", 1)}))
+    assert [c[:2] for c in cbs(silent)].count(("m", "post_patch")) == 0
+    assert ("m", "post_patch", None, "inferred") in cbs(run(ev))
+    # a probe attached after the step opened proves nothing: inferred
+    late = run(ev, coverage=Covered({("lp", "m", 1)}, since=10**12))
+    assert ("m", "post_patch", None, "inferred") in cbs(late)
 
 
 def test_reverse_runs_no_pre_unpatch():
@@ -129,15 +161,38 @@ def test_reverse_runs_no_pre_unpatch():
     assert [c[1] for c in cbs(out)] == ["pre_patch", "pre_patch", "post_unpatch", "post_unpatch"]
 
 
-def test_ctypes_layout_matches_header():
+def _header_constants() -> dict[str, int]:
+    """Every `#define KLPT_X n` and enum member `KLPT_X = n` (or implicit) of bpf/klptrace.h."""
     h = (Path(__file__).resolve().parents[2] / "bpf" / "klptrace.h").read_text()
-    for name, val in (("KLPT_NAME_LEN", rw.NAME_LEN), ("KLPT_MAX_OBJS", rw.MAX_OBJS),
-                      ("KLPT_HIT_SLOTS", rw.HIT_SLOTS), ("KLPT_DIRECT", rw.DIRECT),
-                      ("KLPT_CORE", rw.CORE), ("KLPT_UNPATCH_OBJECT", rw.UNPATCH_OBJECT)):
-        assert int(re.search(rf"#define {name}\s+(\d+)", h).group(1)) == val
+    out = {m[0]: int(m[1]) for m in re.findall(r"#define (KLPT_\w+)\s+(\d+)", h)}
+    for body in re.findall(r"enum \w+ \{(.*?)\};", h, re.S):
+        n = -1
+        for item in re.sub(r"/\*.*?\*/", "", body, flags=re.S).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, _, val = item.partition("=")
+            n = int(val) if val.strip() else n + 1
+            out[name.strip()] = n
+    return out
+
+
+def test_ctypes_layout_matches_header():
+    c = _header_constants()
+    assert c["KLPT_NAME_LEN"] == rw.NAME_LEN and c["KLPT_CHUNK_OBJS"] == rw.CHUNK_OBJS
+    assert c["KLPT_MAX_CHUNKS"] == rw.MAX_CHUNKS and c["KLPT_HIT_SLOTS"] == rw.HIT_SLOTS
+    kinds = {k: v for k, v in vars(rw).items() if isinstance(v, int) and f"KLPT_{k}" in c
+             and k.isupper() and not k.startswith(("CTX_", "SNAP_", "KLP_"))}
+    assert kinds and all(c[f"KLPT_{k}"] == v for k, v in kinds.items()), kinds
+    for name, v in (("CTX_NONE", rw.CTX_NONE), ("CTX_COMING", rw.CTX_COMING),
+                    ("CTX_GOING", rw.CTX_GOING), ("SNAP_MORE", rw.SNAP_MORE),
+                    ("SNAP_TRUNCATED", rw.SNAP_TRUNCATED)):
+        assert c[f"KLPT_{name}"] == v
+    hits = [k for k in c if k.startswith("KLPT_HIT_") and k != "KLPT_HIT_SLOTS"]
+    assert [h[len("KLPT_HIT_"):].lower() for h in sorted(hits, key=c.get)] == list(rw.HIT_PROGRAMS)
     import ctypes
     assert ctypes.sizeof(rw.CObj) == 56 + 32 + 8
-    assert ctypes.sizeof(rw.CEvent) == 8 * 4 + 4 * 6 + 56 * 2 + 8 * ctypes.sizeof(rw.CObj)
+    assert ctypes.sizeof(rw.CEvent) == 8 * 4 + 4 * 8 + 56 * 2 + 8 * ctypes.sizeof(rw.CObj)
 
 
 def test_loss_goes_out_after_what_was_held():
@@ -148,32 +203,25 @@ def test_loss_goes_out_after_what_was_held():
     inf.feed(raw(rw.MODULE_COMING, module="m"))
     # held until klp_module_coming returns (a failing pre_patch is known only then)
     inf.feed(raw(rw.PATCH_OBJECT, obj("m", pue=True), ctx=rw.CTX_COMING))
-    assert out == []      # the module record too: it stands where the section began
+    # the inferred pre_patch is known at once; the module record stands where
+    # the section began (its thread ran again)
+    assert [r["type"] for r in out] == ["module", "callback"]
     inf.loss(5, 3)
     assert [r["type"] for r in out] == ["module", "callback", "loss"]
-    assert out[2]["count"] == 3 and inf.held is None and not inf.comings
+    assert out[2]["count"] == 3 and not inf.comings
 
 
-def test_daemon_places_loss_before_the_first_event_after_the_gap():
-    from tracer.daemon import Daemon
-    d = Daemon(None, [], None)
-    seen = []
-
-    class Inf:
-        def loss(self, ts, n):
-            seen.append(("loss", ts, n))
-
-        def feed(self, r):
-            seen.append(("event", r.ts_ns))
-
-    d.inference, d.lost_seen = Inf(), 0
-    d._feed_raw(rw.Raw(rw.MODULE_GOING, 10, module="m"))
-    d._feed_raw(rw.Raw(rw.MODULE_GOING, 20, module="m", lost=4))
-    d._feed_raw(rw.Raw(rw.MODULE_GOING, 30, module="m", lost=4))
-    d._check_lost(4)                # nothing new at the poll
-    d._check_lost(6)                # lost after the last event
-    assert seen[:4] == [("event", 10), ("loss", 20, 4), ("event", 20), ("event", 30)]
-    assert seen[4][0] == "loss" and seen[4][2] == 2 and len(seen) == 5
+def test_loss_goes_before_the_first_event_after_the_gap():
+    out = []
+    inf = Inference(out.append)
+    inf.feed(rw.Raw(rw.MODULE_GOING, 10, module="m", pid=1))
+    inf.feed(rw.Raw(rw.MODULE_GOING_RET, 15, module="m", pid=1))
+    inf.feed(rw.Raw(rw.MODULE_GOING, 20, module="n", pid=1, lost=4))
+    inf.feed(rw.Raw(rw.MODULE_GOING_RET, 25, module="n", pid=1, lost=4))
+    inf.check_lost(4, 30)           # nothing new at the poll
+    inf.check_lost(6, 40)           # lost after the last event
+    assert [(r["type"], r.get("module"), r.get("count")) for r in out] == [
+        ("module", "m", None), ("loss", None, 4), ("module", "n", None), ("loss", None, 2)]
 
 
 # --- klp_module_coming/going race an enable: their entry probes fire before
@@ -206,7 +254,7 @@ def test_module_coming_after_an_enable_that_took_the_mutex_first():
     assert _order(run(coming_after_enable())) == [
         ("transition", "init", None), ("callback", "pre_patch", "vmlinux"),
         ("transition", "start", None),
-        ("module", "coming", "m"), ("callback", "pre_patch", "m")]
+        ("module", "coming", "m"), ("callback", "pre_patch", "m"), ("module", "live", "m")]
 
 
 def test_module_coming_before_an_enable_that_sees_the_module():

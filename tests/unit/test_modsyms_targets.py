@@ -1,7 +1,9 @@
 """Which direct probes a --preload asks for (tracer/modsyms.py Preload.targets):
-a function serving a pre_patch gets a return probe too, and its entry probe is
-`paired` (on_direct_pre keeps the argument for the return); the entries of the
-void callbacks keep nothing (the BPF per-thread table would fill up)."""
+one entry probe per callback function; a function serving a pre_patch gets a
+return probe too, listed first (a return is armed before its entry), and its
+entry probe is `paired` (on_direct_pre keeps the argument for the return); the
+entries of the void callbacks keep nothing (the BPF per-thread table would
+fill up). A callback with no unambiguous probe definition gets none."""
 
 from tracer.modsyms import Callback, Preload, Target
 
@@ -12,17 +14,30 @@ def _preload(cbs):
     return p
 
 
+def cb(obj, kind, spec):
+    return Callback("lp", obj, kind, spec or "?", spec=spec)
+
+
 def test_pre_patch_entry_is_paired_with_its_return_void_callbacks_are_not():
-    p = _preload([Callback("lp", "vmlinux", "pre_patch", "pre"),
-                  Callback("lp", "mod", "pre_patch", "pre"),
-                  Callback("lp", "vmlinux", "post_patch", "post"),
-                  Callback("lp", "vmlinux", "post_unpatch", "unpost")])
-    assert p.targets() == [Target("lp", "pre", False, True), Target("lp", "pre", True),
-                           Target("lp", "post", False, False),
-                           Target("lp", "unpost", False, False)]
+    p = _preload([cb("vmlinux", "pre_patch", "pre"), cb("mod", "pre_patch", "pre"),
+                  cb("vmlinux", "post_patch", "post"), cb("vmlinux", "post_unpatch", "unpost")])
+    pre = frozenset({("vmlinux", "pre_patch"), ("mod", "pre_patch")})
+    assert p.targets() == [Target("lp", "pre", True, covers=pre),
+                           Target("lp", "pre", False, True, covers=pre),
+                           Target("lp", "post", False, False,
+                                  covers=frozenset({("vmlinux", "post_patch")})),
+                           Target("lp", "unpost", False, False,
+                                  covers=frozenset({("vmlinux", "post_unpatch")}))]
 
 
 def test_a_function_that_is_also_a_pre_patch_is_paired_whatever_the_order():
-    p = _preload([Callback("lp", "vmlinux", "post_patch", "both"),
-                  Callback("lp", "mod", "pre_patch", "both")])
-    assert p.targets() == [Target("lp", "both", False, True), Target("lp", "both", True)]
+    p = _preload([cb("vmlinux", "post_patch", "both"), cb("mod", "pre_patch", "both")])
+    both = frozenset({("vmlinux", "post_patch"), ("mod", "pre_patch")})
+    assert p.targets() == [Target("lp", "both", True, covers=both),
+                           Target("lp", "both", False, True, covers=both)]
+
+
+def test_no_definition_no_probe_and_not_counted_as_covered():
+    p = _preload([cb("vmlinux", "pre_patch", None), cb("vmlinux", "post_patch", "post")])
+    assert [t.spec for t in p.targets()] == ["post"]
+    assert p.cover() == {("lp", "vmlinux", "post_patch")}
