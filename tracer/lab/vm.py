@@ -85,6 +85,8 @@ def vng_argv(kernel: Kernel, *, exec_cmd: str | None = None, rwdirs: tuple[Path,
         cwd = None     # a host cwd means nothing in the root
     if cwd is not None:
         argv += ["--cwd", str(cwd)]
+    if os.environ.get("KLPT_LAB_VERBOSE"):
+        argv += ["--verbose"]      # the guest kernel's console too (console.log): oopses
     for a in append:
         argv += ["--append", a]
     if exec_cmd is not None:
