@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .rules import RULES, SPEC
+from .rules import HISTORY, PRESENCE, RULES, SPEC
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -21,15 +21,28 @@ def render_rules() -> str:
            "`../shared/reference/livepatch-callbacks.rst`) it comes from. "
            "IDs are stable: rules are only ever added.",
            "",
-           "A broken rule is a **violation**; when the engine cannot judge (records were "
-           "lost, or the cycle began before the trace) the same finding is reported as "
-           "**unknown**, never as a violation. See docs/trace-format.md for the records.",
+           "A broken rule is a **violation**; when the engine cannot judge it the same "
+           "finding is reported as **unknown**, never as a violation: after lost records "
+           "(every rule of the patches then known), and, for each rule, when what it needs "
+           "is not known (*needs* below: the patch's history, when its cycle began before "
+           "the trace; the module's presence, when no header `modules` or module record "
+           "says it). See docs/trace-format.md for the records and where each may stand.",
+           "",
+           "Each rule is judged in one function of the engine (*judged in*); "
+           "tests/unit/test_placement.py checks that no other code names it.",
            ""]
     for r in RULES.values():
         out += [f"## {r.id}", "", r.statement, "", f"> {r.quote}", ""]
         if r.source != SPEC:
             out += [f"Source: {r.source}", ""]
+        path, func = r.where.split(" ")
+        needs = ", ".join(_NEEDS[n] for n in sorted(r.needs)) or "only the records it names"
+        out += [f"Judged in: `{path}` `{func}`. Needs: {needs}.", ""]
     return "\n".join(out)
+
+
+_NEEDS = {HISTORY: "the patch's history in this cycle",
+          PRESENCE: "whether the module is loaded"}
 
 
 def main(argv: list[str]) -> int:
