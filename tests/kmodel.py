@@ -4,6 +4,11 @@ generate legal traces for the property tests and the validator benchmark.
 It mirrors kernel/livepatch/core.c and transition.c step by step (names in the
 comments), but it is a model for generating test input: it never calls
 itself a kernel and nothing else in the project imports it.
+
+Besides its own record stream (``records``, what a writer that sees every
+step would write), it calls ``probes`` at each point the BPF programs probe
+(bpf/klptrace.bpf.c, docs/probes.md) with the kernel state those programs
+would read there; tests/kraw.py turns that into the daemon's raw events.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from tracer import events as ev
 
 ALL = list(ev.CALLBACKS)
+EBUSY, EINVAL = -16, -22
 
 
 @dataclass
@@ -29,24 +35,34 @@ class _Obj:
     callbacks: list[str]
     armed: bool = False       # callbacks.post_unpatch_enabled
     patched: bool = False     # obj->patched
+    mod: bool = False         # obj->mod is set (klp_is_object_loaded for a module)
+    dynamic: bool = False     # a nop object of atomic replace (klp_add_nops)
 
 
 @dataclass
 class _Patch:
     d: PatchDef
     objs: list[_Obj]
-    enabled: bool = False
+    enabled: bool = False     # patch->enabled
+
+
+class NoProbes:
+    """The probe points, for a model that only writes records."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kw: None
 
 
 class KernelModel:
-    def __init__(self, modules_loaded=(), kernel="model"):
+    def __init__(self, modules_loaded=(), kernel="model", probes=None):
         self.records: list[dict] = []
         self.seq = 0
         self.ts = 1_000
         self.modules = set(modules_loaded)
         self.patches: list[_Patch] = []          # klp_patches, in order
-        self.transition: _Patch | None = None
-        self.target: str | None = None
+        self.transition: _Patch | None = None    # klp_transition_patch
+        self.target: str | None = None           # klp_target_state
+        self.probes = probes if probes is not None else NoProbes()
         self.header = ev.header(kernel, state={"patches": [], "modules": sorted(self.modules)})
 
     # --- emitting -------------------------------------------------------------
@@ -57,7 +73,9 @@ class KernelModel:
         self.records.append(build(self.seq, self.ts, *args, **kw))
 
     def _cb(self, p: _Patch, o: _Obj, cb: str, ret=None) -> None:
+        """The callback function itself runs (klp_*_callback, core.h)."""
         if cb in o.callbacks:
+            self.probes.callback(p, o, cb, ret)
             self._emit(ev.callback, p.d.name, o.name, cb,
                        ret=ret if cb == ev.PRE_PATCH else None)
 
@@ -72,9 +90,40 @@ class KernelModel:
         return ret
 
     def _post_unpatch(self, p: _Patch, o: _Obj) -> None:
+        """klp_post_unpatch_callback: only where post_unpatch_enabled, then clears it."""
         if o.armed:
             self._cb(p, o, ev.POST_UNPATCH)
         o.armed = False
+
+    def _patch_object(self, p: _Patch, o: _Obj, ctx: str) -> None:
+        self.probes.patch_object(p, o, ctx)
+        o.patched = True
+        self.probes.patch_object_ret(p, o, 0, ctx)
+
+    def _complete_transition(self) -> None:
+        """klp_complete_transition (also called by klp_cancel_transition)."""
+        p = self.transition
+        self.probes.complete_transition(p, self.target)
+        self._emit(ev.transition, p.d.name, "complete", self.target)
+        if self.target == "patched":
+            if p.d.replace:
+                for old in [q for q in self.patches if q is not p]:
+                    # klp_unpatch_replaced_patches: no callbacks at all
+                    self._emit(ev.patch_event, old.d.name, "replaced")
+                    old.enabled = False
+                    self.patches.remove(old)
+                p.objs = [o for o in p.objs if not o.dynamic]   # klp_discard_nops
+            for o in p.objs:
+                if self._loaded(o):
+                    self._cb(p, o, ev.POST_PATCH)
+        else:
+            for o in p.objs:
+                o.patched = False                # klp_unpatch_objects
+            for o in p.objs:
+                if self._loaded(o):
+                    self._post_unpatch(p, o)
+        self.probes.complete_transition_ret(p)
+        self.transition = self.target = None
 
     # --- operations (each returns False when the kernel would refuse it) ----
 
@@ -82,37 +131,51 @@ class KernelModel:
         return next((p for p in self.patches if p.d.name == name), None)
 
     def enable(self, d: PatchDef) -> bool:
-        """klp_enable_patch -> __klp_enable_patch."""
+        """klp_enable_patch -> klp_init_patch -> __klp_enable_patch."""
         if self.find(d.name):
-            return False
+            return False        # insmod of a module already loaded: no klp_enable_patch
+        self.probes.enable(d.name)
         self._emit(ev.patch_enable, d.name,
                    [{"name": n, "callbacks": list(c)} for n, c in d.objects], replace=d.replace)
         if self.transition is not None:
-            self._emit(ev.patch_event, d.name, "enable_failed", ret=-16)   # -EBUSY
+            # __klp_enable_patch: klp_transition_patch is set -> -EBUSY, before
+            # any transition of this patch
+            self.probes.enable_ret(d.name, EBUSY)
+            self._emit(ev.patch_event, d.name, "enable_failed", ret=EBUSY)
             return False
         p = _Patch(d, [_Obj(n, list(c)) for n, c in d.objects])
-        self.patches.append(p)
+        if d.replace:           # klp_add_nops: a nop object for each object of the others
+            own = {o.name for o in p.objs}
+            for q in self.patches:
+                for qo in q.objs:
+                    if qo.name not in own and not qo.dynamic:
+                        p.objs.append(_Obj(qo.name, [], dynamic=True))
+                        own.add(qo.name)
+        for o in p.objs:        # klp_init_object -> klp_find_object_module
+            o.mod = o.name != ev.VMLINUX and o.name in self.modules
+        self.patches.append(p)  # klp_init_patch: list_add_tail(&patch->list, &klp_patches)
         self.transition, self.target = p, "patched"
+        self.probes.init_transition(p, "patched")
         self._emit(ev.transition, d.name, "init", "patched")
         for o in p.objs:
             if not self._loaded(o):
                 continue
             ret = self._pre_patch(p, o)
             if ret:
-                # klp_cancel_transition -> klp_complete_transition(UNPATCHED)
+                # goto err: klp_cancel_transition -> klp_complete_transition(UNPATCHED)
+                self.probes.cancel_transition(p)
                 self._emit(ev.transition, d.name, "cancel", "unpatched")
-                self._emit(ev.transition, d.name, "complete", "unpatched")
-                for o2 in p.objs:
-                    if self._loaded(o2):
-                        self._post_unpatch(p, o2)
-                    o2.patched = False
-                self.patches.remove(p)
-                self.transition = self.target = None
+                self.target = "unpatched"
+                self._complete_transition()
+                self.patches.remove(p)           # klp_free_patch_start
+                self.probes.enable_ret(d.name, ret)
                 self._emit(ev.patch_event, d.name, "enable_failed", ret=ret)
                 return False
-            o.patched = True
+            self._patch_object(p, o, "enable")
+        self.probes.start_transition(p)
         self._emit(ev.transition, d.name, "start", "patched")
         p.enabled = True
+        self.probes.enable_ret(d.name, 0)
         return True
 
     def complete(self, force: bool = False) -> bool:
@@ -121,98 +184,110 @@ class KernelModel:
         if p is None:
             return False
         if force:
+            self.probes.force_transition(p)      # force_store -> klp_force_transition
             self._emit(ev.transition, p.d.name, "force", self.target)
-        self._emit(ev.transition, p.d.name, "complete", self.target)
-        if self.target == "patched":
-            if p.d.replace:
-                for old in [q for q in self.patches if q is not p]:
-                    # klp_unpatch_replaced_patches: no callbacks at all
-                    self._emit(ev.patch_event, old.d.name, "replaced")
-                    self.patches.remove(old)
-            for o in p.objs:
-                if self._loaded(o):
-                    self._cb(p, o, ev.POST_PATCH)
-        else:
-            for o in p.objs:
-                o.patched = False
-                if self._loaded(o):
-                    self._post_unpatch(p, o)
-            self.patches.remove(p)
-        self.transition = self.target = None
+        unpatching = self.target == "unpatched"
+        self._complete_transition()
+        if unpatching:
+            self.patches.remove(p)               # klp_free_patch_async
+        return True
+
+    def write_enabled(self, name: str, enabled: bool) -> bool:
+        """sysfs ``enabled`` written (core.c enabled_store, under klp_mutex):
+        the same state is -EINVAL; the patch in transition is reversed (either
+        way); otherwise 0 disables it and 1 is -EINVAL."""
+        p = self.find(name)
+        if p is None or p.enabled == enabled:
+            return False
+        if self.transition is p:
+            return self._reverse()
+        if enabled or self.transition is not None:
+            return False        # re-enabling a disabled patch: -EINVAL; __klp_disable_patch: -EBUSY
+        self._emit(ev.patch_event, name, "disable")
+        self._disable(p)
         return True
 
     def disable(self, name: str) -> bool:
-        """sysfs enabled=0: reverse if in transition, else __klp_disable_patch."""
-        p = self.find(name)
-        if p is None:
-            return False
-        if self.transition is p:
-            return self.reverse()
-        if self.transition is not None or not p.enabled:
-            return False
-        self._emit(ev.patch_event, name, "disable")
+        return self.write_enabled(name, False)
+
+    def _disable(self, p: _Patch) -> None:
+        """__klp_disable_patch."""
         self.transition, self.target = p, "unpatched"
-        self._emit(ev.transition, name, "init", "unpatched")
+        self.probes.init_transition(p, "unpatched")
+        self._emit(ev.transition, p.d.name, "init", "unpatched")
         for o in p.objs:
             if o.patched:
                 self._cb(p, o, ev.PRE_UNPATCH)
-        self._emit(ev.transition, name, "start", "unpatched")
+        self.probes.start_transition(p)
+        self._emit(ev.transition, p.d.name, "start", "unpatched")
         p.enabled = False
-        return True
 
-    def reverse(self) -> bool:
-        """klp_reverse_transition (sysfs enabled written during a transition)."""
+    def _reverse(self) -> bool:
+        """klp_reverse_transition: flip patch->enabled and the target, run no
+        callback, then klp_start_transition."""
         p = self.transition
-        if p is None:
-            return False
+        self.probes.reverse_transition(p)
+        p.enabled = not p.enabled
         self.target = "unpatched" if self.target == "patched" else "patched"
-        p.enabled = self.target == "patched"
         self._emit(ev.transition, p.d.name, "reverse", self.target)
+        self.probes.start_transition(p)
+        self._emit(ev.transition, p.d.name, "start", self.target)
         return True
 
     def load_module(self, mod: str) -> bool:
         """klp_module_coming: pre_patch, then post_patch unless in transition."""
         if mod in self.modules:
             return False
+        self.probes.module_coming(mod)
         self._emit(ev.module, mod, "coming")
         done: list[_Patch] = []
         for p in self.patches:
             o = next((o for o in p.objs if o.name == mod), None)
             if o is None:
                 continue
+            o.mod = True
             ret = self._pre_patch(p, o)
             if ret:
-                # klp_cleanup_module_patches_limited(mod, failing patch)
+                # goto err: klp_cleanup_module_patches_limited(mod, failing patch);
+                # the failing patch's obj->mod stays set (core.c)
                 for q in done:
                     qo = next(x for x in q.objs if x.name == mod)
-                    if q is not self.transition:
-                        self._cb(q, qo, ev.PRE_UNPATCH)
-                    qo.patched = False
-                    self._post_unpatch(q, qo)
+                    self._cleanup_object(q, qo, "coming")
+                self.probes.module_coming_ret(mod, ret)
                 self._emit(ev.module, mod, "refused")
                 return False
-            o.patched = True
+            self._patch_object(p, o, "coming")
             if p is not self.transition:
                 self._cb(p, o, ev.POST_PATCH)
             done.append(p)
         self.modules.add(mod)
+        self.probes.module_coming_ret(mod, 0)
+        # trace format: `live` is written when klp_module_coming accepted the module
         self._emit(ev.module, mod, "live")
         return True
+
+    def _cleanup_object(self, p: _Patch, o: _Obj, ctx: str) -> None:
+        """One object in klp_cleanup_module_patches_limited."""
+        if p is not self.transition:
+            self._cb(p, o, ev.PRE_UNPATCH)
+        self.probes.unpatch_object(p, o, ctx)
+        o.patched = False
+        self._post_unpatch(p, o)
+        o.mod = False                               # klp_free_object_loaded
 
     def unload_module(self, mod: str) -> bool:
         """klp_module_going -> klp_cleanup_module_patches_limited(mod, NULL)."""
         if mod not in self.modules:
             return False
+        self.probes.module_going(mod)
         self._emit(ev.module, mod, "going")
         for p in self.patches:
             o = next((o for o in p.objs if o.name == mod), None)
             if o is None or not o.patched:
                 continue
-            if p is not self.transition:
-                self._cb(p, o, ev.PRE_UNPATCH)
-            o.patched = False
-            self._post_unpatch(p, o)
+            self._cleanup_object(p, o, "going")
         self.modules.discard(mod)
+        self.probes.module_going_ret(mod)
         return True
 
     def set_ret(self, name: str, obj: str, ret: int) -> None:

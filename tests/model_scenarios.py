@@ -112,7 +112,21 @@ def reversed_patching():
     return m
 
 
+def reenabled_during_disable():
+    """enabled_store during a stalled disable: klp_reverse_transition
+    (unpatching -> patching), then klp_start_transition, no callback."""
+    m = KernelModel(["klpt_mod"])
+    m.enable(lp()); m.complete()
+    m.disable("klpt_lp")                              # the unpatching transition stalls
+    m.write_enabled("klpt_lp", True)                  # reverse to patched
+    m.complete()
+    m.disable("klpt_lp"); m.complete(); m.remove("klpt_lp")
+    m.unload_module("klpt_mod")
+    return m
+
+
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
     target_before_livepatch, module_coming, module_going, module_coming_and_going,
     target_not_present, pre_patch_enodev, module_coming_enodev, multiple_target_modules,
-    busy_target, multiple_livepatches, atomic_replace, reversed_patching)}
+    busy_target, multiple_livepatches, atomic_replace, reversed_patching,
+    reenabled_during_disable)}
