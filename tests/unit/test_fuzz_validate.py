@@ -6,6 +6,7 @@ stress suite runs 5000)."""
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracer import events as ev
+from tracer.rules import RULES
 from tracer.validate_cmd import validate_file
 
 N = int(os.environ.get("KLPT_FUZZ_EXAMPLES", "300"))
@@ -67,7 +69,23 @@ def test_validate_never_raises(tmp_path_factory, h, lines, fix, newline):
     text = "\n".join([json.dumps(h)] + lines)
     p.write_text(text + ("\n" if newline else ""))
     r = validate_file(str(p))      # must not raise
-    assert r.error is None or r.error.startswith(str(p))
+    _judged_or_rejected(r, p, text.encode())
+
+
+def _judged_or_rejected(r, path, data: bytes) -> None:
+    """Either a verdict (findings of the three kinds, every violation naming
+    its rule) or one line naming the file, and its line when the trouble is
+    on one (a line the file has)."""
+    if r.error is None:
+        assert r.stats.records <= data.count(b"\n") + 1
+        for f in r.findings:
+            assert f.kind in ("violation", "unknown", "warning")
+            assert f.kind != "violation" or f.rule in RULES
+        return
+    assert "\n" not in r.error and r.error.startswith(f"{path}:"), r.error
+    line = re.match(rf"{re.escape(str(path))}:(\d+):", r.error)
+    if line:
+        assert 1 <= int(line.group(1)) <= data.count(b"\n") + 1, r.error
 
 
 @SETTINGS
@@ -75,8 +93,19 @@ def test_validate_never_raises(tmp_path_factory, h, lines, fix, newline):
 def test_arbitrary_bytes_never_raise(tmp_path_factory, data):
     p = tmp_path_factory.mktemp("fz") / "b.jsonl"
     p.write_bytes(data)
+    r = validate_file(str(p))      # must not raise
+    _judged_or_rejected(r, p, data)
+
+
+@SETTINGS
+@given(st.binary(max_size=200))
+def test_bytes_after_a_header_never_raise(tmp_path_factory, data):
+    """Past the header, so the records' checks and the engine see the bytes."""
+    p = tmp_path_factory.mktemp("fz") / "h.jsonl"
+    blob = (json.dumps(ev.header("k", state={"modules": []})) + "\n").encode() + data
+    p.write_bytes(blob)
     r = validate_file(str(p))
-    assert r.error is not None or r.stats.records >= 0
+    _judged_or_rejected(r, p, blob)
 
 
 def test_cli_exit_codes_on_a_fuzzed_sample(tmp_path):
