@@ -43,7 +43,7 @@ def format_finding(f: Finding) -> str:
     return "\n".join(lines)
 
 
-def format_text(results: list[FileResult], verbose: bool = False) -> str:
+def format_text(results: list[FileResult]) -> str:
     out = []
     for r in results:
         if r.error is not None and not r.stats.records:
@@ -54,9 +54,7 @@ def format_text(results: list[FileResult], verbose: bool = False) -> str:
                    + (" [input unusable after this point]" if r.error else ""))
         for w in r.input_warnings:
             out.append(f"  WARNING {w}")
-        for f in r.findings:
-            if f.kind == VIOLATION or verbose or f.kind == UNKNOWN or f.kind == WARNING:
-                out.append(format_finding(f))
+        out.extend(format_finding(f) for f in r.findings)
     return "\n".join(out)
 
 
