@@ -285,16 +285,20 @@ class Daemon:
             if server is not None:
                 server.close()
             return xc.ATTACH_FAILED
-        log(f"BPF compiled and loaded in {time.monotonic() - t0:.1f}s")
+        log(f"BPF compiled and loaded in {time.monotonic() - t0:.1f}s "
+            f"(struct offsets from {loader.layout})")
         preload = modsyms.Preload(self.preload_paths)
         for w in preload.warnings:
             log(f"warning: {w}")
         probes = self.probes = DirectProbes(loader, preload, log)
         try:
+            t1 = time.monotonic()
             probes.start()
             state = kstate.state()
             plan = self.plan = make_plan(loader.attach, kfunc=loader.kfunc_support(),
                                          skip=self.skip_points)
+            log(f"attached {sum(r.how != 'none' for r in plan.results)} point(s) and "
+                f"{probes.attached} preloaded direct probe(s) in {time.monotonic() - t1:.1f}s")
             missing = plan.missing_required()
             if len(missing) == len([r for r in plan.results if r.point.required]):
                 log("no probe could be attached to the livepatch core "

@@ -140,13 +140,15 @@ class _Event:
 class DirectProbes:
     def __init__(self, loader, preload: Preload, log: Callable[[str], None], *,
                  events: TracefsEvents | None = None, clock=time.monotonic_ns,
-                 kprobe_list: Callable[[], set[int]] = live_kprobe_addresses):
+                 kprobe_list: Callable[[], set[int]] = live_kprobe_addresses,
+                 module_loaded: Callable[[str], bool] = lambda m: os.path.exists(f"/sys/module/{m}")):
         self.loader = loader
         self.preload = preload
         self.log = log
         self.events = events or TracefsEvents()
         self.clock = clock
         self.kprobe_list = kprobe_list
+        self.module_loaded = module_loaded
         self._lock = threading.Lock()
         # (patch, object, callback index) -> (address, live since ns)
         self._live: dict[tuple[str, str, int], tuple[int, int]] = {}
@@ -241,6 +243,8 @@ class DirectProbes:
                     live[(patch, obj, i)] = (a, 0)       # armed since the module loaded
                 else:
                     rest.append((obj, i, a))
+        if rest and not self.module_loaded(patch):
+            return          # gone already (a refused enable): nothing to probe
         by_addr: dict[int, set[int]] = {}
         for obj, i, a in rest:
             by_addr.setdefault(a, set()).add(i)

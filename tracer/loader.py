@@ -77,7 +77,7 @@ class Loader:
     def __init__(self, on_event, ring_pages: int = DEFAULT_RING_PAGES):
         from bcc import BPF  # the one bcc import; tracer.runcmd maps ImportError to NO_BCC
         self._BPF = BPF
-        self.cflags, self.layout = struct_cflags()
+        self.cflags, self.layout = struct_cflags()   # layout: where the offsets came from
         self.bpf = BPF(src_file=str(SOURCE).encode(),
                        cflags=[f"-I{BPF_DIR}", "-Wno-unused-function",
                                f"-DKLPT_RING_PAGES={int(ring_pages)}"] + self.cflags)
@@ -140,7 +140,12 @@ class Loader:
             self.detach_fd(fd)
 
     def poll(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` for a wake-up, then read everything there:
+        most events are submitted without one (bpf/klptrace.bpf.c submit())."""
         self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
+        t = self.bpf["pending"]
+        t[t.Key(0)] = t.Leaf(0)
 
     def drain(self) -> None:
         self.bpf.ring_buffer_consume()

@@ -47,7 +47,7 @@ class Loader:
 def probes(preload=None, kprobes=frozenset(), clock=lambda: 5):
     ev, ld = Events(), Loader()
     dp = DirectProbes(ld, preload or Preload([]), lambda m: None, events=ev, clock=clock,
-                      kprobe_list=lambda: set(kprobes))
+                      kprobe_list=lambda: set(kprobes), module_loaded=lambda m: True)
     dp.start()
     return dp, ev, ld
 
