@@ -185,7 +185,9 @@ class _Reader:
     def klp_objects(self) -> None:
         """Static struct klp_object initialisers in writable data."""
         for sec, rel in self.relocs.items():
-            if not self.elf.flags(sec) & SHF_WRITE:
+            name = self.elf.secs[sec]["name"]
+            if (not self.elf.flags(sec) & SHF_WRITE or name in KPATCH_SECTIONS
+                    or name in KLP_BUILD_SECTIONS):
                 continue
             for off, where in rel.items():
                 if self.function(where) is None:
@@ -301,9 +303,11 @@ def read_callbacks(path: str) -> tuple[str, list[Callback]]:
         raise ElfError(f"{path}: not a livepatch module (no MODULE_INFO(livepatch, \"Y\"))")
     try:
         r = _Reader(elf, name)
-        r.klp_objects()
-        r.kpatch_sections()
+        # the producers' own sections first: a klp_object_ext record also has
+        # the shape of a klp_object initialiser
         r.klp_build_objects()
+        r.kpatch_sections()
+        r.klp_objects()
         return name, r.callbacks()
     except (struct.error, IndexError, OverflowError, ValueError) as e:
         raise ElfError(f"{path}: malformed ELF ({e})") from None

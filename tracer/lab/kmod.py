@@ -19,7 +19,7 @@ from .rootfs import chroot_argv
 
 # keep in step with tests/kmod/Makefile (tests/unit/test_lab_modules.py)
 LIVEPATCHES = ("klpt_lp", "klpt_lp2", "klpt_up1", "klpt_up2", "klpt_cum1", "klpt_cum2",
-               "klpt_cum3", "klpt_many")
+               "klpt_cum3", "klpt_many", "klpt_kp", "klpt_kb")
 TARGETS = ("klpt_mod", "klpt_busy", "klpt_t01", "klpt_t02", "klpt_t03", "klpt_t09",
            "klpt_t10", "klpt_t11")
 MODULES = LIVEPATCHES + TARGETS
@@ -29,7 +29,7 @@ ROOT_KMOD_DIR = "/var/lib/klptrace-lab/kmod"   # in a guest root (its /var/cache
 
 def _sources() -> list[Path]:
     return sorted(p for p in KMOD_SOURCE_DIR.iterdir()
-                  if p.suffix in (".c", ".h") or p.name == "Makefile")
+                  if p.suffix in (".c", ".h", ".lds") or p.name == "Makefile")
 
 
 def _digest(kernel: Kernel) -> str:

@@ -11,6 +11,8 @@ klpt_lp2 has one object, vmlinux. The shapes fleets see beyond the selftests
 (issue 12): klpt_up1/klpt_up2 (version 1 and 2 of one fix, same layout),
 klpt_cum1..3 (releases of one cumulative `replace` patch) have the objects
 vmlinux, klpt_mod; klpt_many has twelve: vmlinux, klpt_t01 ... klpt_t11.
+klpt_kp (kpatch-build's layout) and klpt_kb (klp-build's) have the objects
+vmlinux, klpt_mod, built at init, with callback functions that share names.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ LP, LP2 = "klpt_lp", "klpt_lp2"
 UP1, UP2 = "klpt_up1", "klpt_up2"
 CUM1, CUM2, CUM3 = "klpt_cum1", "klpt_cum2", "klpt_cum3"
 MANY = "klpt_many"
+KP, KB = "klpt_kp", "klpt_kb"
 VMLINUX, MOD, BUSY = "vmlinux", "klpt_mod", "klpt_busy"
 PRE, POST, PRE_UN, POST_UN = "pre_patch", "post_patch", "pre_unpatch", "post_unpatch"
 ENODEV = -19
@@ -283,6 +286,30 @@ SCENARIOS: tuple[Scenario, ...] = (
                   + tuple(_cb(MANY, o, POST_UN) for o in (VMLINUX, _t(1), _t(3), _t(9), _t(11)))),
     ),
 )
+
+
+def _producer(name: str, patch: str, layout: str) -> Scenario:
+    return Scenario(
+        name,
+        f"A livepatch in {layout}'s layout (objects built at init, two objects' "
+        "callbacks sharing names): enabled with its target loaded, the target "
+        "unloaded and loaded again while patched, then disabled.",
+        steps=("load_mod klpt_mod",
+               f"load_lp {patch}",
+               "unload_mod klpt_mod",
+               "load_mod klpt_mod",
+               f"disable_lp {patch}",
+               f"unload_lp {patch}",
+               "unload_mod klpt_mod"),
+        expected=(_cycle(patch, (VMLINUX, MOD), unpatch=False)
+                  + (_cb(patch, MOD, PRE_UN), _cb(patch, MOD, POST_UN),
+                     _pre(patch, MOD), _cb(patch, MOD, POST))
+                  + tuple(_cb(patch, o, PRE_UN) for o in (VMLINUX, MOD))
+                  + tuple(_cb(patch, o, POST_UN) for o in (VMLINUX, MOD))))
+
+
+SCENARIOS += (_producer("producer-kpatch", KP, "kpatch-build"),
+              _producer("producer-klp-build", KB, "klp-build"))
 
 BY_NAME = {s.name: s for s in SCENARIOS}
 NAMES = tuple(BY_NAME)
