@@ -12,7 +12,8 @@ ONE guest boot (module fixture `stress_run`) runs, in order:
 2. second instance: `klptrace run` while B runs exits 9 and says why.
 3. storm: KLPT_STRESS_CYCLES cycles (default 3 in `make test`; `make stress`: 200)
    of klpt_lp and klpt_lp2 enable/disable (stacked; cycles 3, 8, 13, ... an
-   atomic replace instead)
+   atomic replace instead; every even cycle also an upgrade pair, klpt_up1
+   then klpt_up2, which lands at klpt_up1's addresses)
    plus klpt_mod load/unload, with B running. With KLPT_STRESS_FULL=1 the module
    operations run as background jobs concurrent with the livepatch transitions
    (this finds false violations when a patch is enabled while its target module
@@ -146,6 +147,13 @@ storm_cycle() {
 	disable_lp klpt_lp
 	unload_lp klpt_lp
 	unload_mod klpt_mod
+	if (( i % 2 == 0 )); then
+		# a fleet upgrade: version 2 of a fix lands at version 1's addresses
+		spawn 'load_mod klpt_mod && unload_mod klpt_mod'
+		load_lp klpt_up1; disable_lp klpt_up1; unload_lp klpt_up1
+		join 'klpt_mod load/unload'
+		load_lp klpt_up2; disable_lp klpt_up2; unload_lp klpt_up2
+	fi
 }
 rss() { echo "@@rss_kb_b_$1=$(awk '/^VmRSS/ {print $2}' /proc/$(cat /run/b.pid)/status)"; }
 rss before_storm
