@@ -84,11 +84,15 @@ class Daemon:
                  verbose: bool = False, *, listen=None, tls_cert: str | None = None,
                  tls_key: str | None = None, metrics_max_patches: int | None = None,
                  trace_max_bytes: int | None = None, trace_keep: int | None = None,
-                 ring_pages: int = 64, skip_points: tuple[str, ...] = ()):
+                 ring_pages: int = 64, skip_points: tuple[str, ...] = (),
+                 discover_dirs: list[str] | None = None):
         self.trace_path = trace
         self.ring_pages = ring_pages
         self.preload_paths = preload
         self.skip_points = frozenset(skip_points)
+        # where producers install livepatch modules (tracer/discover.py); None: off
+        self.discover_dirs = discover_dirs
+        self.watcher = None
         self.ready_file = ready_file
         self.verbose = verbose
         self.listen = listen                  # exporters.server.Listen, None = no metrics
@@ -248,6 +252,15 @@ class Daemon:
         now = time.monotonic_ns()
         self.inference.check_lost(self.loader.lost(), now)
         self.inference.tick(now)
+        if self.watcher is not None:
+            for f in self.watcher.poll():
+                n = len(self.preload.warnings)
+                mods = self.preload.add_path(f, discovered=True)
+                for w in self.preload.warnings[n:]:
+                    log(f"warning: {w}")
+                if mods:
+                    log(f"discovery: {f}: preloading {', '.join(mods)}")
+                    self.probes.add_preloaded(mods)
 
     # --- the run --------------------------------------------------------------------
 
@@ -287,7 +300,19 @@ class Daemon:
             return xc.ATTACH_FAILED
         log(f"BPF compiled and loaded in {time.monotonic() - t0:.1f}s "
             f"(struct offsets from {loader.layout})")
-        preload = modsyms.Preload(self.preload_paths)
+        preload = self.preload = modsyms.Preload(self.preload_paths)
+        if self.discover_dirs is not None:
+            from . import discover
+            found = discover.existing_modules(self.discover_dirs)
+            for f in found:
+                preload.add_path(f, discovered=True)
+            log(f"discovery: {len(preload.modules())} livepatch module(s) preloaded; watching "
+                + ", ".join(self.discover_dirs))
+            try:
+                self.watcher = discover.Watcher(self.discover_dirs)
+            except OSError as e:
+                log(f"warning: cannot watch the livepatch directories ({e.strerror}); "
+                    "modules installed from now on are probed at enable only")
         for w in preload.warnings:
             log(f"warning: {w}")
         probes = self.probes = DirectProbes(loader, preload, log)
@@ -308,7 +333,8 @@ class Daemon:
                 log(f"warning: point '{m}' not attached; its records will be missing")
             header = ev.header(os.uname().release, state=state,
                                observes=list(ev.CALLBACKS), probes=plan.to_json(),
-                               preload=sorted(preload.modules()), tracer="klptrace run")
+                               preload=sorted(preload.modules()),
+                               discover=self.discover_dirs or [], tracer="klptrace run")
             self.writer = TraceWriter(self.trace_path, header, state_provider=kstate.state,
                                       **self.trace_rotation)
             metrics = self.metrics
@@ -366,6 +392,8 @@ class Daemon:
                 except OSError as e:
                     log(f"closing the trace: {e.strerror}")
             probes.stop()
+            if self.watcher is not None:
+                self.watcher.close()
             loader.detach_tracefs()
             loader.close()
             if self.ready_file:

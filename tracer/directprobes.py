@@ -169,10 +169,7 @@ class DirectProbes:
         n = self.events.remove_stale()
         if n:
             self.log(f"removed {n} stale {GROUP}/* kprobe event(s) of an earlier run")
-        for t in sorted(self.preload.targets(), key=lambda t: not t.ret):
-            ev = self._define(t.ret, f"{t.module}:{t.spec}", t.paired, "preload")
-            if ev is not None:
-                self._preloaded.append(ev)
+        self._define_preloaded(None)
         self._thread = threading.Thread(target=self._work, name="klptrace-probes", daemon=True)
         self._thread.start()
 
@@ -185,6 +182,12 @@ class DirectProbes:
             for ev in evs:
                 self._undefine(ev)
         self._by_addr, self._preloaded = {}, []
+
+    def add_preloaded(self, modules: list[str]) -> None:
+        """Livepatch modules read after start (a file that appeared in a
+        watched directory): their events are defined by the worker."""
+        if modules:
+            self._q.put(("preload", list(modules)))
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until every queued request is served (tests, orderly exit)."""
@@ -225,6 +228,8 @@ class DirectProbes:
                     self._attach(*req[1:])
                 elif req[0] == "going":
                     self._detach_module(req[1])
+                elif req[0] == "preload":
+                    self._define_preloaded(set(req[1]))
             except Exception as e:    # the worker must outlive any one request
                 self._error("worker", f"direct probes: {type(e).__name__}: {e}")
 
@@ -272,6 +277,13 @@ class DirectProbes:
             self._by_addr.setdefault(patch, []).extend(evs)
         self.log(f"direct probes: '{patch}': {len(live)} of {len(want)} callback(s) covered"
                  + (f" ({len(ok)} function(s) by address)" if ok else ""))
+
+    def _define_preloaded(self, modules: set[str] | None) -> None:
+        for t in sorted(self.preload.targets(modules), key=lambda t: not t.ret):
+            ev = self._define(t.ret, f"{t.module}:{t.spec}", t.paired, "preload")
+            if ev is not None:
+                self._preloaded.append(ev)
+        self._cover = self.preload.cover()
 
     def _detach_module(self, module: str) -> None:
         for ev in self._by_addr.pop(module, []):

@@ -325,8 +325,10 @@ class Preload:
         for p in self.paths:
             self.add_path(p)
 
-    def add_path(self, p: str) -> list[str]:
-        """Read a file or a directory of them; returns the modules read."""
+    def add_path(self, p: str, *, discovered: bool = False) -> list[str]:
+        """Read a file or a directory of them; returns the modules read. A
+        discovered file (tracer/discover.py) that is not a livepatch is
+        passed over without a warning."""
         try:
             files = ([os.path.join(p, f) for f in sorted(os.listdir(p)) if f.endswith(".ko")]
                      if os.path.isdir(p) else [p])
@@ -341,7 +343,7 @@ class Preload:
                 self.warnings.append(f"--preload {f}: {e.strerror}")
                 continue
             except ElfError as e:
-                if os.path.isdir(p) and "not a livepatch" in str(e):
+                if (os.path.isdir(p) or discovered) and "not a livepatch" in str(e):
                     continue        # a target module next to the livepatches
                 self.warnings.append(f"--preload {e}")
                 continue
@@ -365,7 +367,7 @@ class Preload:
         """One entry probe per callback function (and a return probe for a
         function that serves a pre_patch: its code); the return first."""
         by_fn: dict[tuple[str, str], set] = {}
-        for c in self.callbacks:
+        for c in list(self.callbacks):      # the daemon may add while the worker reads
             if c.spec is not None and (modules is None or c.module in modules):
                 by_fn.setdefault((c.module, c.spec), set()).add((c.object, c.callback))
         out = []
@@ -378,4 +380,5 @@ class Preload:
         return out
 
     def cover(self) -> set[tuple[str, str, str]]:
-        return {(c.module, c.object, c.callback) for c in self.callbacks if c.spec is not None}
+        return {(c.module, c.object, c.callback) for c in list(self.callbacks)
+                if c.spec is not None}

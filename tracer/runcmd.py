@@ -72,14 +72,19 @@ def _power_of_two(_ctx, _param, value: int) -> int:
 @click.option("--ring-pages", type=int, default=64, show_default=True, callback=_power_of_two,
               help="BPF ring buffer size in pages (a power of two; an event is ~1 KiB). "
                    "Every record a full buffer drops is counted and written as a `loss` record.")
+@click.option("--discover/--no-discover", default=True, show_default=True,
+              help="Preload the livepatch modules found where kpatch and the distributions "
+                   "install them (/var/lib/kpatch/RELEASE, /usr/lib/kpatch/RELEASE, "
+                   "/lib/modules/RELEASE/livepatch, ...) and watch those directories for new "
+                   "ones.")
 @click.option("--skip-point", "skip_points", multiple=True, metavar="POINT",
               help="Do not attach this observation point (see `klptrace probes`), e.g. one "
                    "that misbehaves on this kernel; what it would have seen is a gap. "
                    "Repeatable.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the plan and every record.")
 @exporter_options
-def run(trace, preload, ready_file, ring_pages, skip_points, verbose, listen, no_metrics,
-        tls_cert, tls_key, metrics_max_patches, trace_max_bytes, trace_keep):
+def run(trace, preload, ready_file, ring_pages, discover, skip_points, verbose, listen,
+        no_metrics, tls_cert, tls_key, metrics_max_patches, trace_max_bytes, trace_keep):
     """Trace livepatch callbacks on this kernel until SIGINT/SIGTERM; serve
     Prometheus metrics; SIGHUP reopens the trace (logrotate)."""
     from exporters.server import ExporterError, check_tls, parse_listen
@@ -101,12 +106,14 @@ def run(trace, preload, ready_file, ring_pages, skip_points, verbose, listen, no
                   "does not exist")
     lock = _lock()
     from .daemon import Daemon
+    from .discover import default_dirs
     try:
         code = Daemon(trace, list(preload), ready_file, verbose=verbose, listen=where,
                       tls_cert=tls_cert, tls_key=tls_key,
                       metrics_max_patches=metrics_max_patches,
                       trace_max_bytes=trace_max_bytes, trace_keep=trace_keep,
-                      ring_pages=ring_pages, skip_points=tuple(skip_points)).run()
+                      ring_pages=ring_pages, skip_points=tuple(skip_points),
+                      discover_dirs=default_dirs() if discover else None).run()
     except ExporterError as e:      # port in use etc.: before the OSError below
         _fail(xc.BAD_INPUT, str(e))
     except OSError as e:

@@ -135,3 +135,15 @@ def test_sdnotify_without_systemd_is_a_noop(monkeypatch, tmp_path):
     assert sdnotify.ready() is False
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
     assert sdnotify.ready() is False
+
+
+def test_unit_starts_before_kpatch_without_an_ordering_cycle():
+    """Discovery preloads the modules kpatch.service loads at boot: klptrace
+    must be ready before it, with no ordering through network.target (which is
+    after network-pre.target, which kpatch.service is Before=)."""
+    text = UNIT.read_text()
+    assert re.search(r"^Before=.*\bkpatch\.service\b", text, re.M), text
+    assert re.search(r"^DefaultDependencies=no$", text, re.M)
+    after = " ".join(re.findall(r"^After=(.*)$", text, re.M))
+    assert "network" not in after, after
+    assert "--no-discover" not in text
