@@ -189,7 +189,7 @@ class Daemon:
     def _gap(self, ts_ns: int | None, reason: str) -> None:
         ts = ts_ns if ts_ns is not None else time.monotonic_ns()
         try:
-            self.inference.loss(ts, 0)
+            self.inference.loss(ts, 0, reason)
         except Exception:
             # the inference itself is broken: write the gap past it
             rec = ev.loss(self.inference.out.seq, ts, 0, reason=reason)

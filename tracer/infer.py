@@ -203,16 +203,17 @@ class Inference:
                               "coming-no-return")
         self.out.pump(now_ns)
 
-    def loss(self, ts_ns: int, count: int) -> None:
-        """Records were lost right here (the ring buffer was full). What was
-        held back goes out first, as it is: what it waits for may be lost."""
+    def loss(self, ts_ns: int, count: int, reason: str | None = None) -> None:
+        """Records were lost right here (the ring buffer was full, or
+        ``reason``). What was held back goes out first, as it is: what it
+        waits for may be lost."""
         self._close_step()
         for snap in self.snapshots.flush():
             self._dispatch(snap)
         self._place_all_pending()
         self.out.flush("records lost", gap=False)   # the loss record below says it
         self.comings, self.goings, self.enable_fail = {}, {}, None
-        self._emit(ev.loss(0, ts_ns, count))
+        self._emit(ev.loss(0, ts_ns, count, reason=reason))
 
     # --- the one place callbacks are reported -------------------------------------
 
