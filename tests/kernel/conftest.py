@@ -2,7 +2,10 @@
 fixture `lab_run`); tests then compare each scenario's kernel-log ground truth
 with its expected callback sequence.
 
-KLPT_KERNEL selects the kernel (default Debian stable's; `make lab-6.12`).
+KLPT_KERNEL selects the kernel: unset or `stable` (Debian stable's), `6.12`
+(bookworm-backports), `5.10` (bullseye), `sid` (sid's current kernel, booted
+over a sid root the lab makes once with debootstrap), or an installed release;
+`make lab-6.12`, `make lab-5.10`, `make lab-sid`, `make lab-all` (all four).
 Logs go to lab-out/kernel-tests-KERNEL/ (and lab-out/tracer-hook-KERNEL/) in
 the repository (git-ignored; KLPT_LAB_OUT overrides lab-out/), so a failing
 CI run leaves them on disk.

@@ -144,9 +144,15 @@ def _host_apt_options(root: Path) -> None:
 def _write_wrapper(root: Path) -> None:
     """The tracer of this root: the repository (shared at its host path) run by
     the root's python3, which sees the root's Debian packages (bcc etc.)."""
+    # Bound over REPO/.venv/bin/klptrace in the guest, $0 names the repository
+    # (two clones may share one cache dir); run directly, the last one written.
     text = ("#!/bin/sh\n"
             "# written by tracer/lab/rootfs.py: the repository's klptrace, this root's python3\n"
-            f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+            'case "$0" in\n'
+            '*/.venv/bin/klptrace) repo=${0%/.venv/bin/klptrace} ;;\n'
+            f'*) repo=${{KLPT_REPO:-{REPO_ROOT}}} ;;\n'
+            "esac\n"
+            'export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"\n'
             "export PYTHONDONTWRITEBYTECODE=1\n"
             "exec /usr/bin/python3 -c 'import sys; sys.argv[0] = \"klptrace\"; "
             "from tracer.cli import main; sys.exit(main())' \"$@\"\n")
