@@ -27,3 +27,14 @@ def test_kernel_logs_left_per_scenario(lab_run: LabRun) -> None:
     text = lab_run.result("target-not-present").dmesg
     assert "initializing patching transition" in text, "dynamic debug for kernel/livepatch is off"
     assert "completing unpatching transition" in text
+
+
+def test_the_upgrade_landed_at_the_old_version_s_addresses(lab_run: LabRun) -> None:
+    """upgrade-address-reuse is only the case it claims if the allocator gave
+    klpt_up2 klpt_up1's freed addresses (lab notes: it does, for modules of
+    the same size); record_text puts both .text addresses in the log."""
+    import re
+    text = lab_run.result("upgrade-address-reuse").dmesg
+    addrs = dict(re.findall(r"klpt-lab: text (klpt_up[12]) (0x[0-9a-f]+)", text))
+    assert set(addrs) == {"klpt_up1", "klpt_up2"}, text[-2000:]
+    assert addrs["klpt_up1"] == addrs["klpt_up2"], addrs
