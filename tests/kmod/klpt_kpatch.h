@@ -20,10 +20,14 @@ struct klpt_kpatch_callback {          /* kpatch_pre_patch_callback & co: 16 byt
 	char *objname;
 };
 
-struct klpt_kpatch_func {              /* a simplified kpatch_patch_func */
+/* a simplified kpatch_patch_func, padded to 32 bytes: gcc aligns a static
+ * object of more than 16 bytes to 16, and the hook walks the section as an
+ * array, so the entries must be a multiple of that apart */
+struct klpt_kpatch_func {
 	void *new_func;
 	char *old_name;
 	char *objname;
+	void *pad;
 };
 
 #define __KLPT_KPATCH_CALLBACK(kind, _fn, _obj)					\
