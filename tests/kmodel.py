@@ -48,6 +48,7 @@ class _Patch:
 
 class NoProbes:
     """The probe points, for a model that only writes records."""
+    pid = 0
 
     def __getattr__(self, name):
         return lambda *args, **kw: None
@@ -134,6 +135,7 @@ class KernelModel:
         """klp_enable_patch -> klp_init_patch -> __klp_enable_patch."""
         if self.find(d.name):
             return False        # insmod of a module already loaded: no klp_enable_patch
+        self.probes.begin("insmod")
         self.probes.enable(d.name)
         self._emit(ev.patch_enable, d.name,
                    [{"name": n, "callbacks": list(c)} for n, c in d.objects], replace=d.replace)
@@ -184,8 +186,10 @@ class KernelModel:
         if p is None:
             return False
         if force:
+            self.probes.begin("sysfs")
             self.probes.force_transition(p)      # force_store -> klp_force_transition
             self._emit(ev.transition, p.d.name, "force", self.target)
+        self.probes.begin("klp_transition_work")
         unpatching = self.target == "unpatched"
         self._complete_transition()
         if unpatching:
@@ -199,6 +203,7 @@ class KernelModel:
         p = self.find(name)
         if p is None or p.enabled == enabled:
             return False
+        self.probes.begin("sysfs")
         if self.transition is p:
             return self._reverse()
         if enabled or self.transition is not None:
@@ -234,11 +239,23 @@ class KernelModel:
         self._emit(ev.transition, p.d.name, "start", self.target)
         return True
 
-    def load_module(self, mod: str) -> bool:
+    def _racing(self, race) -> None:
+        """klp_module_coming/going's entry probe fired, then another thread
+        took klp_mutex first and ran ``race`` whole (the module is not
+        klp_alive yet when coming, still klp_alive when going); then this
+        thread's section runs."""
+        if race is not None:
+            pid = self.probes.pid
+            race()
+            self.probes.resume(pid)
+
+    def load_module(self, mod: str, race=None) -> bool:
         """klp_module_coming: pre_patch, then post_patch unless in transition."""
         if mod in self.modules:
             return False
+        self.probes.begin("insmod")
         self.probes.module_coming(mod)
+        self._racing(race)
         self._emit(ev.module, mod, "coming")
         done: list[_Patch] = []
         for p in self.patches:
@@ -248,8 +265,9 @@ class KernelModel:
             o.mod = True
             ret = self._pre_patch(p, o)
             if ret:
-                # goto err: klp_cleanup_module_patches_limited(mod, failing patch);
-                # the failing patch's obj->mod stays set (core.c)
+                # goto err: klp_alive = false, obj->mod = NULL, then
+                # klp_cleanup_module_patches_limited(mod, failing patch)
+                o.mod = False
                 for q in done:
                     qo = next(x for x in q.objs if x.name == mod)
                     self._cleanup_object(q, qo, "coming")
@@ -275,11 +293,13 @@ class KernelModel:
         self._post_unpatch(p, o)
         o.mod = False                               # klp_free_object_loaded
 
-    def unload_module(self, mod: str) -> bool:
+    def unload_module(self, mod: str, race=None) -> bool:
         """klp_module_going -> klp_cleanup_module_patches_limited(mod, NULL)."""
         if mod not in self.modules:
             return False
+        self.probes.begin("rmmod")
         self.probes.module_going(mod)
+        self._racing(race)
         self._emit(ev.module, mod, "going")
         for p in self.patches:
             o = next((o for o in p.objs if o.name == mod), None)
@@ -299,5 +319,6 @@ class KernelModel:
         """The livepatch module is unloaded (only possible once disabled)."""
         if self.find(name) is not None:
             return False
+        self.probes.remove(name)
         self._emit(ev.patch_event, name, "removed")
         return True

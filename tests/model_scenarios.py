@@ -1,8 +1,10 @@
-"""The lab's eleven scenarios, played on the kernel model (tests/kmodel.py).
+"""The lab's eleven scenarios, played on the kernel model (tests/kmodel.py),
+and a few more of the kernel's paths.
 
 Each is a few readable steps, like the kernel's test-callbacks.sh; the real
 ones run in the lab VM (tests/kernel/). Here they give the unit tests
-honouring traces to start from."""
+honouring traces to start from; ``probes`` (tests/kraw.py) also collects the
+raw events the BPF programs would write."""
 
 from kmodel import ALL, KernelModel, PatchDef
 from tracebuild import lp
@@ -10,16 +12,16 @@ from tracebuild import lp
 ENODEV = -19
 
 
-def target_before_livepatch():
-    m = KernelModel(["klpt_mod"])
+def target_before_livepatch(probes=None):
+    m = KernelModel(["klpt_mod"], probes=probes)
     m.enable(lp()); m.complete()
     m.disable("klpt_lp"); m.complete(); m.remove("klpt_lp")
     m.unload_module("klpt_mod")
     return m
 
 
-def module_coming():
-    m = KernelModel()
+def module_coming(probes=None):
+    m = KernelModel(probes=probes)
     m.enable(lp()); m.complete()
     m.load_module("klpt_mod")
     m.disable("klpt_lp"); m.complete(); m.remove("klpt_lp")
@@ -27,39 +29,39 @@ def module_coming():
     return m
 
 
-def module_going():
-    m = KernelModel(["klpt_mod"])
+def module_going(probes=None):
+    m = KernelModel(["klpt_mod"], probes=probes)
     m.enable(lp()); m.complete()
     m.unload_module("klpt_mod")
     m.disable("klpt_lp"); m.complete(); m.remove("klpt_lp")
     return m
 
 
-def module_coming_and_going():
-    m = KernelModel()
+def module_coming_and_going(probes=None):
+    m = KernelModel(probes=probes)
     m.enable(lp()); m.complete()
     m.load_module("klpt_mod"); m.unload_module("klpt_mod")
     m.disable("klpt_lp"); m.complete(); m.remove("klpt_lp")
     return m
 
 
-def target_not_present():
-    m = KernelModel()
+def target_not_present(probes=None):
+    m = KernelModel(probes=probes)
     m.enable(lp()); m.complete()
     m.disable("klpt_lp"); m.complete(); m.remove("klpt_lp")
     return m
 
 
-def pre_patch_enodev():
-    m = KernelModel(["klpt_mod"])
+def pre_patch_enodev(probes=None):
+    m = KernelModel(["klpt_mod"], probes=probes)
     m.enable(lp(pre_patch_ret={"klpt_mod": ENODEV}))   # refused: enable_failed
     m.remove("klpt_lp")
     m.unload_module("klpt_mod")
     return m
 
 
-def module_coming_enodev():
-    m = KernelModel()
+def module_coming_enodev(probes=None):
+    m = KernelModel(probes=probes)
     m.enable(lp()); m.complete()
     m.set_ret("klpt_lp", "klpt_mod", ENODEV)
     m.load_module("klpt_mod")                         # refused
@@ -67,8 +69,8 @@ def module_coming_enodev():
     return m
 
 
-def multiple_target_modules():
-    m = KernelModel(["klpt_busy"])
+def multiple_target_modules(probes=None):
+    m = KernelModel(["klpt_busy"], probes=probes)
     m.enable(lp()); m.complete()
     m.load_module("klpt_mod")
     m.disable("klpt_lp"); m.complete(); m.remove("klpt_lp")
@@ -76,8 +78,8 @@ def multiple_target_modules():
     return m
 
 
-def busy_target():
-    m = KernelModel(["klpt_busy"])
+def busy_target(probes=None):
+    m = KernelModel(["klpt_busy"], probes=probes)
     m.enable(lp())                                    # transition stalls on klpt_busy
     m.load_module("klpt_mod"); m.unload_module("klpt_mod")
     m.complete()
@@ -86,8 +88,8 @@ def busy_target():
     return m
 
 
-def multiple_livepatches():
-    m = KernelModel()
+def multiple_livepatches(probes=None):
+    m = KernelModel(probes=probes)
     m.enable(lp()); m.complete()
     m.enable(PatchDef("klpt_lp2", [("vmlinux", ALL)])); m.complete()
     m.disable("klpt_lp2"); m.complete(); m.remove("klpt_lp2")
@@ -95,8 +97,8 @@ def multiple_livepatches():
     return m
 
 
-def atomic_replace():
-    m = KernelModel()
+def atomic_replace(probes=None):
+    m = KernelModel(probes=probes)
     m.enable(lp()); m.complete()
     m.enable(PatchDef("klpt_lp2", [("vmlinux", ALL)], replace=True)); m.complete()
     m.remove("klpt_lp")
@@ -104,18 +106,18 @@ def atomic_replace():
     return m
 
 
-def reversed_patching():
-    m = KernelModel(["klpt_busy"])
+def reversed_patching(probes=None):
+    m = KernelModel(["klpt_busy"], probes=probes)
     m.enable(lp())
     m.disable("klpt_lp")                              # during the transition: reverse
     m.complete(); m.remove("klpt_lp")
     return m
 
 
-def reenabled_during_disable():
+def reenabled_during_disable(probes=None):
     """enabled_store during a stalled disable: klp_reverse_transition
     (unpatching -> patching), then klp_start_transition, no callback."""
-    m = KernelModel(["klpt_mod"])
+    m = KernelModel(["klpt_mod"], probes=probes)
     m.enable(lp()); m.complete()
     m.disable("klpt_lp")                              # the unpatching transition stalls
     m.write_enabled("klpt_lp", True)                  # reverse to patched

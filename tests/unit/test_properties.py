@@ -40,31 +40,51 @@ OPS = st.one_of(
               st.sampled_from(("vmlinux",) + MODULES), st.sampled_from([0, -19, -22])),
     st.tuples(st.just("remove"), st.sampled_from(["klpt_lp", "klpt_lp2"])),
 )
+# a module load or unload whose section under klp_mutex runs after another
+# thread's operation, although its entry probe fired first
+RACED = st.one_of(st.tuples(st.just("enable"), st.sampled_from(["klpt_lp", "klpt_lp2"])),
+                  st.tuples(st.just("complete"), st.booleans()),
+                  st.tuples(st.just("disable"), st.sampled_from(["klpt_lp", "klpt_lp2"])),
+                  st.tuples(st.just("reenable"), st.sampled_from(["klpt_lp", "klpt_lp2"])))
+OPS = st.one_of(OPS, st.tuples(st.just("race"), st.sampled_from(["load", "unload"]),
+                               st.sampled_from(MODULES), RACED))
 
 
-def play(defs, ops, loaded) -> KernelModel:
-    m = KernelModel(loaded)
+def play(defs, ops, loaded, probes=None) -> KernelModel:
+    """The lifecycle on the kernel model; ``probes`` (tests/kraw.py) also
+    collects the raw events the BPF programs would write."""
+    m = KernelModel(loaded, probes=probes)
     for op in ops:
-        kind = op[0]
-        if kind == "enable":
-            d = defs[op[1]]
-            m.enable(PatchDef(d.name, d.objects, d.replace, dict(d.pre_patch_ret)))
-        elif kind == "complete":
-            m.complete(force=op[1])
-        elif kind == "disable":
-            m.write_enabled(op[1], False)
-        elif kind == "reenable":
-            m.write_enabled(op[1], True)
-        elif kind == "load":
-            m.load_module(op[1])
-        elif kind == "unload":
-            m.unload_module(op[1])
-        elif kind == "fail":
-            defs[op[1]].pre_patch_ret[op[2]] = op[3]
-            m.set_ret(op[1], op[2], op[3])
-        elif kind == "remove":
-            m.remove(op[1])
+        _step(m, defs, op)
     return m
+
+
+def _step(m: KernelModel, defs, op) -> None:
+    kind = op[0]
+    if kind == "enable":
+        d = defs[op[1]]
+        m.enable(PatchDef(d.name, d.objects, d.replace, dict(d.pre_patch_ret)))
+    elif kind == "complete":
+        m.complete(force=op[1])
+    elif kind == "disable":
+        m.write_enabled(op[1], False)
+    elif kind == "reenable":
+        m.write_enabled(op[1], True)
+    elif kind == "load":
+        m.load_module(op[1])
+    elif kind == "unload":
+        m.unload_module(op[1])
+    elif kind == "race":
+        other = lambda: _step(m, defs, op[3])   # noqa: E731
+        if op[1] == "load":
+            m.load_module(op[2], race=other)
+        else:
+            m.unload_module(op[2], race=other)
+    elif kind == "fail":
+        defs[op[1]].pre_patch_ret[op[2]] = op[3]
+        m.set_ret(op[1], op[2], op[3])
+    elif kind == "remove":
+        m.remove(op[1])
 
 
 lifecycles = st.tuples(patch_defs(), st.lists(OPS, max_size=40),
