@@ -199,9 +199,13 @@ class Engine(CallbackJudge, Steps, Findings):
         """Records were lost: nothing in flight can be judged until its cycle
         ends. Reported as unknown, never as a violation."""
         n = rec["count"]
+        reason = rec.get("reason")
         self.stats.lost_records += n
-        self._unknown(out, f"{n} record(s) lost before this point: patches enabled now are "
-                      "not judged until their cycles end", None, [ref])
+        what = f"{n} record(s) lost" if n else "records lost"
+        if isinstance(reason, str) and reason:
+            what += f" ({reason})"
+        self._unknown(out, f"{what} before this point: patches enabled now are not judged "
+                      "until their cycles end", None, [ref])
         # every patch: one not enabled now may have been enabled in the gap
         for ps in self.patches.values():
             ps.doubt = LOST

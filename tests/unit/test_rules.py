@@ -144,3 +144,16 @@ def test_enable_racing_with_a_module_unload_is_not_a_violation():
     header = ev.header("k", state={"patches": [], "modules": ["klpt_mod"]})
     found = judge(header, recs)
     assert [f for f in found if f.kind == "violation"] == []
+
+
+def test_a_gap_with_a_reason_is_unknown_and_says_why():
+    """A loss record of an unknown count (0) with its reason (tracer/infer.py
+    writes one where it saw only part of an operation): unknown, with the
+    reason, never a violation."""
+    header, records = scen("module-coming")
+    i = next(i for i, r in enumerate(records) if is_cb(r, LP, "klpt_mod", "pre_patch"))
+    gap = records[:i] + [{"type": "loss", "seq": 0, "ts_ns": 0, "count": 0,
+                          "reason": "a snapshot cut short"}] + records[i + 1:]
+    found = judge(header, gap)
+    assert not [f for f in found if f.kind == "violation"]
+    assert any(f.kind == "unknown" and "a snapshot cut short" in f.message for f in found)
