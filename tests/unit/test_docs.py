@@ -37,3 +37,18 @@ def test_trace_format_doc_names_every_type_event_and_field():
     for word in (events.RECORD_TYPES + events.PATCH_EVENTS + events.TRANSITION_EVENTS
                  + events.MODULE_EVENTS + events.CALLBACKS + events.EVIDENCE):
         assert f"`{word}`" in doc, word
+
+
+def test_trace_format_says_where_every_record_may_stand():
+    """Every record is either pinned in a step or free with a range: the
+    section that the engine's placement principle and tests/tracebuild.py
+    free_range follow."""
+    doc = (REPO / "docs/trace-format.md").read_text()
+    section = doc[doc.index("## Where each record may stand"):doc.index("## Reading rules")]
+    pinned = section[section.index("**Pinned**"):section.index("**Free**")]
+    free = section[section.index("**Free**"):]
+    for e in events.TRANSITION_EVENTS + ("coming", "going"):
+        assert f"`{e}`" in pinned, e
+    for e in events.PATCH_EVENTS + ("live", "refused"):
+        assert f"\n| `{e}` |" in free, e
+    assert "\n| `complete` after `cancel` |" in free
