@@ -495,9 +495,13 @@ class Steps:
         s.refused = ref
         self._load_refused(s, ms, out, s.closed, self._reporter(out))
 
-    def _live(self, mod: str, ref, out: list) -> None:
+    def _open_coming(self, mod: str) -> Section | None:
         s = self.open
-        if s is not None and s.module == mod and s.event == "coming":
+        return s if s is not None and s.module == mod and s.event == "coming" else None
+
+    def _live(self, mod: str, ref, out: list) -> None:
+        s = self._open_coming(mod)
+        if s is not None:
             s.live = ref                # judged with its section
             return
         ms = self._module_state(mod)
@@ -509,8 +513,8 @@ class Steps:
         ms.presence = LOADED
 
     def _refused(self, mod: str, ref, out: list) -> None:
-        s = self.open
-        if s is not None and s.module == mod and s.event == "coming":
+        s = self._open_coming(mod)
+        if s is not None:
             s.refused = ref             # judged with its section
             return
         ms = self._module_state(mod)

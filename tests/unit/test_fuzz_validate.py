@@ -88,24 +88,24 @@ def _judged_or_rejected(r, path, data: bytes) -> None:
         assert 1 <= int(line.group(1)) <= data.count(b"\n") + 1, r.error
 
 
+def _validate_bytes(tmp_path_factory, data: bytes) -> None:
+    p = tmp_path_factory.mktemp("fz") / "b.jsonl"
+    p.write_bytes(data)
+    _judged_or_rejected(validate_file(str(p)), p, data)     # must not raise
+
+
 @SETTINGS
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_never_raise(tmp_path_factory, data):
-    p = tmp_path_factory.mktemp("fz") / "b.jsonl"
-    p.write_bytes(data)
-    r = validate_file(str(p))      # must not raise
-    _judged_or_rejected(r, p, data)
+    _validate_bytes(tmp_path_factory, data)
 
 
 @SETTINGS
 @given(st.binary(max_size=200))
 def test_bytes_after_a_header_never_raise(tmp_path_factory, data):
     """Past the header, so the records' checks and the engine see the bytes."""
-    p = tmp_path_factory.mktemp("fz") / "h.jsonl"
-    blob = (json.dumps(ev.header("k", state={"modules": []})) + "\n").encode() + data
-    p.write_bytes(blob)
-    r = validate_file(str(p))
-    _judged_or_rejected(r, p, blob)
+    _validate_bytes(tmp_path_factory,
+                    (json.dumps(ev.header("k", state={"modules": []})) + "\n").encode() + data)
 
 
 def test_cli_exit_codes_on_a_fuzzed_sample(tmp_path):

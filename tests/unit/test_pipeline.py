@@ -61,12 +61,17 @@ def test_scenario_through_the_pipeline(name, mode):
     assert verdict_of(found) == verdict_of(judge(m.header, m.records)) == []
 
 
+def played(lc, mode: str):
+    """A random lifecycle on the model: (the model, its probes)."""
+    defs, ops, loaded = lc
+    probes = Probes(mode)
+    return play(defs, ops, loaded, probes), probes
+
+
 @SETTINGS
 @given(lifecycles, st.sampled_from(MODES))
 def test_legal_lifecycles_through_the_pipeline(lc, mode):
-    defs, ops, loaded = lc
-    probes = Probes(mode)
-    m = play(defs, ops, loaded, probes)
+    m, probes = played(lc, mode)
     records, found = pipeline(m.header, probes.events, probes)
     assert verdict_of(found) == verdict_of(judge(m.header, m.records)) == [], \
         (found, records)
@@ -78,9 +83,7 @@ def test_legal_lifecycles_through_the_pipeline(lc, mode):
 def test_the_daemons_trace_with_free_records_moved(lc, mode, data):
     """What the daemon wrote, with the free records moved where another
     writer may put them (docs/trace-format.md): still clean."""
-    defs, ops, loaded = lc
-    probes = Probes(mode)
-    m = play(defs, ops, loaded, probes)
+    m, probes = played(lc, mode)
     records, _ = pipeline(m.header, probes.events, probes)
     moved = replace_free(records, lambda n: data.draw(st.integers(0, n - 1)))
     assert verdict_of(judge(m.header, moved)) == []
@@ -130,9 +133,7 @@ def test_a_dropped_callback_is_caught_through_the_pipeline(lc, data):
     by the klp_patch_object that follows it (klp_pre_patch_callback set
     post_unpatch_enabled), a module section's pre_unpatch by the
     klp_unpatch_object that follows it, whatever its probe says."""
-    defs, ops, loaded = lc
-    probes = Probes("direct")
-    m = play(defs, ops, loaded, probes)
+    m, probes = played(lc, "direct")
     cands = [c for c in _ran(probes.events) if c[1][2] in (ev.POST_PATCH, ev.POST_UNPATCH)
              or (c[1][2] == ev.PRE_UNPATCH and probes.events[c[0]].ctx == rw.CTX_NONE)]
     assume(cands)
@@ -171,9 +172,7 @@ def _reported_once_per_window(probes, i, key) -> bool:
 def test_a_doubled_callback_is_caught_through_the_pipeline(lc, data):
     """A probed callback function that ran twice (its DIRECT event copied):
     caught, with the rules of the model's stream with that record copied."""
-    defs, ops, loaded = lc
-    probes = Probes("direct")
-    m = play(defs, ops, loaded, probes)
+    m, probes = played(lc, "direct")
     cands = [c for c in _ran(probes.events) if not _reported_once_per_window(probes, *c[:2])]
     assume(cands)
     got, expect = _doubled(m, probes, *data.draw(st.sampled_from(cands)))

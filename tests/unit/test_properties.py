@@ -105,6 +105,13 @@ def _rules(found) -> set:
     return {f.rule for f in found if f.kind == "violation"}
 
 
+def _a_callback(m: KernelModel, data) -> int:
+    """The index of one of the run's callback records (none: not this run)."""
+    cbs = [i for i, r in enumerate(m.records) if r["type"] == "callback"]
+    assume(cbs)
+    return data.draw(st.sampled_from(cbs))
+
+
 @settings(max_examples=N, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lifecycles, st.data())
 def test_legal_placements_never_change_the_verdict(lc, data):
@@ -124,11 +131,8 @@ def test_legal_placements_never_change_the_verdict(lc, data):
 def test_placements_never_change_what_a_mutation_breaks(lc, data):
     """A callback copied or dropped: the rules it breaks are the same
     wherever the free records stand."""
-    defs, ops, loaded = lc
-    m = play(defs, ops, loaded)
-    cbs = [i for i, r in enumerate(m.records) if r["type"] == "callback"]
-    assume(cbs)
-    i = data.draw(st.sampled_from(cbs))
+    m = play(*lc)
+    i = _a_callback(m, data)
     rs = m.records
     mutated = (rs[:i + 1] + [rs[i]] + rs[i + 1:]) if data.draw(st.booleans()) \
         else rs[:i] + rs[i + 1:]
@@ -148,11 +152,8 @@ def _closes(r) -> bool:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(lifecycles, st.data())
 def test_a_copied_callback_is_caught(lc, data):
-    defs, ops, loaded = lc
-    m = play(defs, ops, loaded)
-    cbs = [i for i, r in enumerate(m.records) if r["type"] == "callback"]
-    assume(cbs)
-    i = data.draw(st.sampled_from(cbs))
+    m = play(*lc)
+    i = _a_callback(m, data)
     mutated = m.records[:i + 1] + [m.records[i]] + m.records[i + 1:]
     found = judge(m.header, mutated)
     assert any(f.kind == "violation" for f in found), m.records[i]
