@@ -14,6 +14,7 @@ header (``probes``) so a trace says how it was observed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -33,7 +34,33 @@ class Point:
     ret: bool = False   # kretprobe
     required: bool = True
     gives: str = ""     # what the point contributes to the evidence
+    # GCC may split a function into an inline test and a ".part.N" clone with
+    # the body, and a caller may jump straight into the clone (Debian 6.1:
+    # klp_reverse_transition ends in `jmp klp_start_transition.part.0`). A
+    # point marked here is attached at the clone when the kernel has one: every
+    # path that does the work goes through it.
+    part_clone: bool = False
+    # attached only where one of these points is not (a fallback for them)
+    fallback_for: tuple[str, ...] = ()
 
+
+_CHECK = ("stall-check", "stall-check-ret")
+STALL_POINTS = (
+    Point("stall-check", "klp_check_and_switch_task", "on_stall_check", required=False,
+          gives="stalls: the task each failed check names (5.16+)"),
+    Point("stall-check-ret", "klp_check_and_switch_task", "on_stall_check_ret", ret=True,
+          required=False,
+          gives="stalls: why a task has not switched (running, unreliable stack, the function)"),
+    Point("stall-switch", "klp_try_switch_task", "on_stall_switch", required=False,
+          fallback_for=_CHECK, gives="stalls, fallback: the task (no reason)"),
+    Point("stall-switch-ret", "klp_try_switch_task", "on_stall_switch_ret", ret=True,
+          required=False, fallback_for=_CHECK,
+          gives="stalls, fallback: whether the task switched (no reason, no function)"),
+    Point("stall-sweep", "klp_try_complete_transition", "on_stall_sweep", required=False,
+          gives="stalls: sweeps (which tasks still block; the 15th-sweep signals)"),
+    Point("stall-sweep-ret", "klp_try_complete_transition", "on_stall_sweep_ret", ret=True,
+          required=False, gives="stalls: a sweep's end, and whether it left tasks behind"),
+)
 
 POINTS = (
     Point("enable", "klp_enable_patch", "on_enable_patch",
@@ -46,7 +73,7 @@ POINTS = (
           gives="pre_patch ran and returned 0 (post_unpatch_enabled set): inferred pre_patch"),
     Point("patch-object-ret", "klp_patch_object", "on_patch_object_ret", ret=True,
           gives="post_patch of a module coming while its patch is not in transition"),
-    Point("start", "klp_start_transition", "on_start_transition",
+    Point("start", "klp_start_transition", "on_start_transition", part_clone=True,
           gives="transition start; pre_unpatch of patched objects when disabling"),
     Point("complete", "klp_complete_transition", "on_complete_transition",
           gives="transition complete; post_patch / post_unpatch (post_unpatch_enabled); replaced"),
@@ -77,6 +104,10 @@ POINTS = (
           gives="core evidence for pre_unpatch"),
     Point("core-post-unpatch", "klp_post_unpatch_callback", "on_core_post_unpatch", required=False,
           gives="core evidence for post_unpatch"),
+    # Stalls (bpf/klptrace.bpf.c "stalls", tracer/stalls.py): which tasks keep a
+    # transition open and why. Optional: without them the trace has no `stall`
+    # records and `klptrace status` reads /proc instead; callbacks are unaffected.
+    *STALL_POINTS,
 )
 
 CORE_INDEX = {"core-pre-patch": 0, "core-post-patch": 1, "core-pre-unpatch": 2,
@@ -87,13 +118,15 @@ CORE_INDEX = {"core-pre-patch": 0, "core-post-patch": 1, "core-pre-unpatch": 2,
 class PointResult:
     point: Point
     in_kallsyms: bool = False
+    symbol: str = ""                # what is attached: the function, or its .part clone
     ftrace_ok: bool = False         # in available_filter_functions
     blacklisted: bool = False
     how: str = "none"               # kprobe | kretprobe | none
     why: str = ""                   # why not attached, or fallback notes
 
     def to_json(self) -> dict:
-        return {"point": self.point.name, "function": self.point.func, "how": self.how,
+        return {"point": self.point.name, "function": self.point.func,
+                "symbol": self.symbol or self.point.func, "how": self.how,
                 "kallsyms": self.in_kallsyms, "ftrace": self.ftrace_ok,
                 "blacklisted": self.blacklisted, "why": self.why}
 
@@ -111,13 +144,26 @@ class Plan:
     def core_kinds(self) -> frozenset[int]:
         return frozenset(i for n, i in CORE_INDEX.items() if self.attached(n))
 
+    def stall_source(self) -> str:
+        """How this plan explains a stalled transition (tracer/stalls.py):
+        ``check`` (reason and function from klp_check_and_switch_task),
+        ``switch`` (klp_try_switch_task: which tasks, no reason), or ``proc``
+        (no stall probe: /proc/*/task/*/patch_state and /proc/TID/stack).
+        The BPF sources need the sweep probes to tell current from stale."""
+        sweeps = self.attached("stall-sweep") and self.attached("stall-sweep-ret")
+        if sweeps and all(self.attached(p) for p in _CHECK):
+            return "check"
+        if sweeps and self.attached("stall-switch") and self.attached("stall-switch-ret"):
+            return "switch"
+        return "proc"
+
     def missing_required(self) -> list[str]:
         return [r.point.name for r in self.results if r.point.required and r.how == "none"]
 
     def to_json(self) -> dict:
         return {"kernel": self.kernel, "btf": self.btf, "kfunc": self.kfunc,
                 "points": [r.to_json() for r in self.results],
-                "evidence": self.evidence()}
+                "evidence": self.evidence(), "stalls": self.stall_source()}
 
     def evidence(self) -> dict[str, str]:
         """Per callback kind: the best evidence this plan gives without --preload."""
@@ -146,16 +192,24 @@ def tracefs_dir() -> str | None:
 
 
 def read_kallsyms_text(funcs: set[str]) -> set[str]:
+    """The text symbols named in ``funcs``, and their ``.part.N`` clones."""
     found = set()
     try:
         with open("/proc/kallsyms") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 3 and parts[1] in "tT" and parts[2] in funcs:
-                    found.add(parts[2])
+                if len(parts) >= 3 and parts[1] in "tT":
+                    name = parts[2]
+                    if name in funcs or (".part." in name and name.split(".", 1)[0] in funcs):
+                        found.add(name)
     except OSError:
         pass
     return found
+
+
+def part_clone(func: str, kallsyms: set[str]) -> str | None:
+    clones = sorted(n for n in kallsyms if n.startswith(func + ".part."))
+    return clones[0] if clones else None
 
 
 def read_filter_functions(funcs: set[str]) -> set[str]:
@@ -208,10 +262,13 @@ def make_plan(attach, kfunc: bool | None = None, skip: frozenset[str] = frozense
     kall, ftr, black, btf = kernel_facts(funcs)
     plan = Plan(kernel=os.uname().release, btf=btf, kfunc=kfunc)
     results = {}
-    for p in sorted(POINTS, key=lambda p: not p.ret):
+    # fallbacks after the points they stand in for
+    for p in sorted(POINTS, key=lambda p: (bool(p.fallback_for), not p.ret)):
         r = PointResult(p, in_kallsyms=p.func in kall, ftrace_ok=p.func in ftr,
                         blacklisted=p.func in black)
-        if p.name in skip:
+        if p.fallback_for and all(results[f].how != "none" for f in p.fallback_for):
+            r.why = f"not needed: {', '.join(p.fallback_for)} attached"
+        elif p.name in skip:
             r.why = "skipped (--skip-point)"
         elif not r.in_kallsyms:
             r.why = "not in kallsyms (inlined or absent)"
@@ -222,6 +279,9 @@ def make_plan(attach, kfunc: bool | None = None, skip: frozenset[str] = frozense
             if err is None:
                 r.how = "kretprobe" if p.ret else "kprobe"
                 r.why = "" if r.ftrace_ok else "not ftrace-able: int3 kprobe"
+                if clone is not None:
+                    r.why = (f"at {clone}: the body GCC split out, which every start "
+                             "(also after a reverse) runs")
             else:
                 r.why = f"kprobe refused: {err}"
         results[p.name] = r
@@ -242,4 +302,16 @@ def format_plan(plan: Plan) -> str:
                  "preloaded modules' callbacks):")
     for cb, e in plan.evidence().items():
         lines.append(f"  {cb:<13} {e}")
+    lines.append("")
+    lines.append("stalled transitions: " + STALL_SOURCE_TEXT[plan.stall_source()])
     return "\n".join(lines)
+
+
+STALL_SOURCE_TEXT = {
+    "check": "each blocking task, why (running, unreliable stack, sleeping on a function) "
+             "and the function, from klp_check_and_switch_task's return",
+    "switch": "each blocking task from klp_try_switch_task's return, without the reason; "
+              "the function from /proc/TID/stack (this kernel has no klp_check_and_switch_task)",
+    "proc": "no stall probe attached: blocking tasks from /proc/*/task/*/patch_state and "
+            "/proc/TID/stack, scanned while a transition is open (no reason)",
+}
