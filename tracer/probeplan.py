@@ -15,6 +15,7 @@ header (``probes``) so a trace says how it was observed.
 from __future__ import annotations
 
 import dataclasses
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -34,6 +35,12 @@ class Point:
     ret: bool = False   # kretprobe
     required: bool = True
     gives: str = ""     # what the point contributes to the evidence
+    # GCC may split a function into an inline test and a ".part.N" clone with
+    # the body, and a caller may jump straight into the clone (Debian 6.1:
+    # klp_reverse_transition ends in `jmp klp_start_transition.part.0`). A
+    # point marked here is attached at the clone when the kernel has one: every
+    # path that does the work goes through it.
+    part_clone: bool = False
     # GCC may split a function into an inline test and a ".part.N" clone with
     # the body, and a caller may jump straight into the clone (Debian 6.1:
     # klp_reverse_transition ends in `jmp klp_start_transition.part.0`). A
@@ -118,6 +125,7 @@ CORE_INDEX = {"core-pre-patch": 0, "core-post-patch": 1, "core-pre-unpatch": 2,
 class PointResult:
     point: Point
     in_kallsyms: bool = False
+    symbol: str = ""                # what is attached: the function, or its .part clone
     symbol: str = ""                # what is attached: the function, or its .part clone
     ftrace_ok: bool = False         # in available_filter_functions
     blacklisted: bool = False
@@ -279,6 +287,9 @@ def make_plan(attach, kfunc: bool | None = None, skip: frozenset[str] = frozense
             if err is None:
                 r.how = "kretprobe" if p.ret else "kprobe"
                 r.why = "" if r.ftrace_ok else "not ftrace-able: int3 kprobe"
+                if clone is not None:
+                    r.why = (f"at {clone}: the body GCC split out, which every start "
+                             "(also after a reverse) runs")
                 if clone is not None:
                     r.why = (f"at {clone}: the body GCC split out, which every start "
                              "(also after a reverse) runs")
