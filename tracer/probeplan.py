@@ -15,7 +15,6 @@ header (``probes``) so a trace says how it was observed.
 from __future__ import annotations
 
 import dataclasses
-import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -35,12 +34,6 @@ class Point:
     ret: bool = False   # kretprobe
     required: bool = True
     gives: str = ""     # what the point contributes to the evidence
-    # GCC may split a function into an inline test and a ".part.N" clone with
-    # the body, and a caller may jump straight into the clone (Debian 6.1:
-    # klp_reverse_transition ends in `jmp klp_start_transition.part.0`). A
-    # point marked here is attached at the clone when the kernel has one: every
-    # path that does the work goes through it.
-    part_clone: bool = False
     # GCC may split a function into an inline test and a ".part.N" clone with
     # the body, and a caller may jump straight into the clone (Debian 6.1:
     # klp_reverse_transition ends in `jmp klp_start_transition.part.0`). A
@@ -125,7 +118,6 @@ CORE_INDEX = {"core-pre-patch": 0, "core-post-patch": 1, "core-pre-unpatch": 2,
 class PointResult:
     point: Point
     in_kallsyms: bool = False
-    symbol: str = ""                # what is attached: the function, or its .part clone
     symbol: str = ""                # what is attached: the function, or its .part clone
     ftrace_ok: bool = False         # in available_filter_functions
     blacklisted: bool = False
@@ -273,7 +265,11 @@ def make_plan(attach, kfunc: bool | None = None, skip: frozenset[str] = frozense
     # fallbacks after the points they stand in for
     for p in sorted(POINTS, key=lambda p: (bool(p.fallback_for), not p.ret)):
         r = PointResult(p, in_kallsyms=p.func in kall, ftrace_ok=p.func in ftr,
-                        blacklisted=p.func in black)
+                        blacklisted=p.func in black, symbol=p.func)
+        clone = part_clone(p.func, kall) if p.part_clone else None
+        if clone is not None:
+            r.symbol = clone
+            p = dataclasses.replace(p, func=clone)
         if p.fallback_for and all(results[f].how != "none" for f in p.fallback_for):
             r.why = f"not needed: {', '.join(p.fallback_for)} attached"
         elif p.name in skip:
@@ -287,9 +283,6 @@ def make_plan(attach, kfunc: bool | None = None, skip: frozenset[str] = frozense
             if err is None:
                 r.how = "kretprobe" if p.ret else "kprobe"
                 r.why = "" if r.ftrace_ok else "not ftrace-able: int3 kprobe"
-                if clone is not None:
-                    r.why = (f"at {clone}: the body GCC split out, which every start "
-                             "(also after a reverse) runs")
                 if clone is not None:
                     r.why = (f"at {clone}: the body GCC split out, which every start "
                              "(also after a reverse) runs")
