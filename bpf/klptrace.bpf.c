@@ -25,6 +25,7 @@
 #ifdef KLPT_USE_HEADERS
 #include <linux/module.h>
 #include <linux/livepatch.h>
+#include <linux/sched.h>
 #define KLPT_OFF_PATCH_MOD        offsetof(struct klp_patch, mod)
 #define KLPT_OFF_PATCH_OBJ_LIST   offsetof(struct klp_patch, obj_list)
 #define KLPT_OFF_PATCH_REPLACE    offsetof(struct klp_patch, replace)
@@ -38,6 +39,10 @@
 #define KLPT_OFF_OBJ_PATCHED      offsetof(struct klp_object, patched)
 #define KLPT_OFF_CB_PUE           offsetof(struct klp_callbacks, post_unpatch_enabled)
 #define KLPT_OFF_MOD_NAME         offsetof(struct module, name)
+#define KLPT_OFF_TASK_PID         offsetof(struct task_struct, pid)
+#define KLPT_OFF_TASK_TGID        offsetof(struct task_struct, tgid)
+#define KLPT_OFF_TASK_FLAGS       offsetof(struct task_struct, flags)
+#define KLPT_OFF_TASK_COMM        offsetof(struct task_struct, comm)
 #endif
 
 /* obj->callbacks.{pre_patch, post_patch, pre_unpatch, post_unpatch}: four
@@ -513,5 +518,208 @@ int on_direct_ret(struct pt_regs *ctx)
 	direct_ip.delete(&t);
 	if (obj)
 		jump(ctx, SNAP_OBJ, KLPT_DIRECT_RET, obj, (int)PT_REGS_RC(ctx), ip);
+	return 0;
+}
+
+
+/* ---- stalls --------------------------------------------------------------------
+ *
+ * Which tasks keep a transition open, why, on which function, since when
+ * (docs/probes.md "Stalled transitions"). The kernel checks every task that
+ * has not switched once per sweep (klp_try_complete_transition: at the
+ * enable or disable, then about once a second from a kworker) and, from
+ * 6.4, a pending task checks itself at scheduling points. Each failed check
+ * is aggregated here, in `stall_tasks`, keyed by task pointer; nothing goes
+ * to the ring buffer (a CPU-bound kthread can fail thousands of checks a
+ * second). The daemon reads the tables after each sweep while a transition
+ * is open (tracer/stalls.py). Every function probed here runs only while a
+ * transition is open: an idle host costs nothing.
+ *
+ * Generations: entries and sweep counters belong to one transition
+ * direction, numbered by the hits of klp_init_transition plus
+ * klp_reverse_transition (the `hits` counters the probes above keep), so a
+ * new transition or a reverse starts afresh without a probe of its own.
+ */
+
+BPF_HASH(stall_tasks, u64, struct klpt_blocker, KLPT_STALL_SLOTS);
+BPF_ARRAY(stall_sweep, struct klpt_sweeps, 1);
+/* A check's arguments, from its entry to its return. Per CPU: the checks run
+ * with preemption off (under task_call_func's locks, or the tasklist read
+ * lock of the sweep, or the scheduler's self-check), so entry and return
+ * are on one CPU with nothing of the kind in between. */
+struct stall_arg {
+	u64 task;
+	u64 arg;
+};
+BPF_PERCPU_ARRAY(stall_check_arg, struct stall_arg, 1);
+BPF_PERCPU_ARRAY(stall_switch_arg, struct stall_arg, 1);
+
+static __always_inline u64 hits_of(int slot)
+{
+	u64 *v = hits.lookup(&slot);
+	return v ? *v : 0;
+}
+
+static __always_inline u64 stall_gen(void)
+{
+	return hits_of(KLPT_HIT_INIT) + hits_of(KLPT_HIT_REVERSE);
+}
+
+/* A failed check of `task`: create or update its entry. */
+static __always_inline void stall_note(u64 task, int ret, u32 source, u64 arg)
+{
+	int zero = 0;
+	u64 now = bpf_ktime_get_ns(), gen = stall_gen();
+	struct klpt_sweeps *s = stall_sweep.lookup(&zero);
+	u32 window = s && s->gen == gen ? s->started : 0;
+	u32 pid = 0;
+
+	bpf_probe_read_kernel(&pid, sizeof(pid), (void *)(task + KLPT_OFF_TASK_PID));
+	struct klpt_blocker *b = stall_tasks.lookup(&task);
+	if (b && (b->gen != gen || b->pid != pid)) {
+		/* an earlier transition's, or a freed task_struct reused by a new task */
+		stall_tasks.delete(&task);
+		b = NULL;
+	}
+	if (!b) {
+		struct klpt_blocker z = {};
+		z.first_ns = now;
+		z.gen = gen;
+		z.pid = pid;
+		z.first_window = window;
+		bpf_probe_read_kernel(&z.tgid, sizeof(z.tgid), (void *)(task + KLPT_OFF_TASK_TGID));
+		bpf_probe_read_kernel(&z.flags, sizeof(z.flags), (void *)(task + KLPT_OFF_TASK_FLAGS));
+		bpf_probe_read_kernel_str(z.comm, KLPT_COMM_LEN, (void *)(task + KLPT_OFF_TASK_COMM));
+		if (stall_tasks.insert(&task, &z)) {
+			if (s)
+				lock_xadd(&s->overflow, 1);     /* the table is full: counted */
+			return;
+		}
+		b = stall_tasks.lookup(&task);
+		if (!b)
+			return;
+	}
+	b->last_ns = now;
+	b->last_window = window;
+	b->ret = ret;
+	b->source = source;
+	lock_xadd(&b->checks, 1);
+	b->func[0] = 0;
+	if (ret == -KLPT_EADDRINUSE && arg) {
+		/* arg is klp_try_switch_task's &old_name, still live: its frame
+		 * is below ours */
+		u64 name = rd_ptr(arg, 0);
+		if (name)
+			bpf_probe_read_kernel_str(b->func, KLPT_FUNC_LEN, (void *)name);
+	}
+}
+
+/* klp_check_and_switch_task(task, arg): 0 switched, -EBUSY on a CPU,
+ * -EINVAL unreliable stack, -EADDRINUSE a patched function on the stack
+ * (5.16 to 7.3; out of line: task_call_func() takes its address). */
+int on_stall_check(struct pt_regs *ctx, void *task, void *arg)
+{
+	hit(KLPT_HIT_STALL_CHECK);
+	int zero = 0;
+	struct stall_arg *a = stall_check_arg.lookup(&zero);
+	if (a) {
+		a->task = (u64)task;
+		a->arg = (u64)arg;
+	}
+	return 0;
+}
+
+int on_stall_check_ret(struct pt_regs *ctx)
+{
+	hit(KLPT_HIT_STALL_CHECK_RET);
+	int zero = 0;
+	struct stall_arg *a = stall_check_arg.lookup(&zero);
+	if (!a || !a->task)
+		return 0;               /* its entry was not seen */
+	u64 task = a->task, arg = a->arg;
+	int ret = (int)PT_REGS_RC(ctx);
+	a->task = 0;
+	if (ret == 0)
+		stall_tasks.delete(&task);      /* switched */
+	else
+		stall_note(task, ret, KLPT_STALL_FROM_CHECK, arg);
+	return 0;
+}
+
+/* Fallback where klp_check_and_switch_task does not exist (before 5.16):
+ * klp_try_switch_task(task) returns whether the task has switched, no reason. */
+int on_stall_switch(struct pt_regs *ctx, void *task)
+{
+	hit(KLPT_HIT_STALL_SWITCH);
+	int zero = 0;
+	struct stall_arg *a = stall_switch_arg.lookup(&zero);
+	if (a)
+		a->task = (u64)task;
+	return 0;
+}
+
+int on_stall_switch_ret(struct pt_regs *ctx)
+{
+	hit(KLPT_HIT_STALL_SWITCH_RET);
+	int zero = 0;
+	struct stall_arg *a = stall_switch_arg.lookup(&zero);
+	if (!a || !a->task)
+		return 0;
+	u64 task = a->task;
+	a->task = 0;
+	if (PT_REGS_RC(ctx) & 0xff)
+		stall_tasks.delete(&task);
+	else
+		stall_note(task, 0, KLPT_STALL_FROM_SWITCH, 0);
+	return 0;
+}
+
+/* klp_try_complete_transition(): one sweep over every task. It completed the
+ * transition iff klp_complete_transition ran inside it (its hit counter
+ * moved); otherwise it left tasks behind and counts towards the signals. */
+int on_stall_sweep(struct pt_regs *ctx)
+{
+	hit(KLPT_HIT_STALL_SWEEP);
+	int zero = 0;
+	struct klpt_sweeps *s = stall_sweep.lookup(&zero);
+	if (!s)
+		return 0;
+	u64 gen = stall_gen(), now = bpf_ktime_get_ns();
+	if (s->gen != gen) {
+		s->gen = gen;
+		s->gen_ns = now;
+		s->done_start_ns = 0;
+		s->done_end_ns = 0;
+		s->signal_ns = 0;
+		s->started = 0;
+		s->incomplete = 0;
+		s->signals = 0;
+	}
+	s->complete_mark = hits_of(KLPT_HIT_COMPLETE);
+	s->start_ns = now;
+	s->started++;
+	return 0;
+}
+
+int on_stall_sweep_ret(struct pt_regs *ctx)
+{
+	hit(KLPT_HIT_STALL_SWEEP_RET);
+	int zero = 0;
+	struct klpt_sweeps *s = stall_sweep.lookup(&zero);
+	if (!s || !s->start_ns)
+		return 0;               /* its entry was not seen */
+	u64 now = bpf_ktime_get_ns();
+	if (hits_of(KLPT_HIT_COMPLETE) == s->complete_mark) {
+		/* transition.c: if (klp_signals_cnt && !(klp_signals_cnt %
+		 * SIGNALS_TIMEOUT)) klp_send_signals(); klp_signals_cnt++; */
+		if (s->incomplete && s->incomplete % KLPT_SIGNALS_TIMEOUT == 0) {
+			s->signals++;
+			s->signal_ns = now;
+		}
+		s->incomplete++;
+	}
+	s->done_start_ns = s->start_ns;
+	s->done_end_ns = now;
+	s->start_ns = 0;
 	return 0;
 }

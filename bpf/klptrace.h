@@ -99,7 +99,69 @@ enum klpt_hit {
 	KLPT_HIT_MODULE_COMING, KLPT_HIT_MODULE_COMING_RET, KLPT_HIT_MODULE_GOING,
 	KLPT_HIT_MODULE_GOING_RET, KLPT_HIT_CORE, KLPT_HIT_DIRECT, KLPT_HIT_DIRECT_RET,
 	KLPT_HIT_COMPLETE_RET,
+	/* stalls (appended: the slots above keep their numbers) */
+	KLPT_HIT_STALL_CHECK, KLPT_HIT_STALL_CHECK_RET, KLPT_HIT_STALL_SWITCH,
+	KLPT_HIT_STALL_SWITCH_RET, KLPT_HIT_STALL_SWEEP, KLPT_HIT_STALL_SWEEP_RET,
 	KLPT_HIT_SLOTS
+};
+
+/* ---- stalls: tasks that keep a transition open (bpf/klptrace.bpf.c, section
+ * "stalls"; tracer/stalls.py reads the tables on its poll tick) ---------------- */
+
+#define KLPT_COMM_LEN   16   /* TASK_COMM_LEN */
+#define KLPT_FUNC_LEN   128  /* func->old_name, cut at 127 bytes (KSYM_NAME_LEN was 128 before 6.1) */
+/* Tasks tracked at once in `stall_tasks`. A task is there from its first
+ * failed check to its switch (or the end of the transition); beyond this,
+ * failed checks of new tasks are counted in klpt_sweeps.overflow. */
+#define KLPT_STALL_SLOTS 4096
+/* kernel/livepatch/transition.c SIGNALS_TIMEOUT: the remaining tasks are
+ * signalled on every 15th sweep that left tasks behind */
+#define KLPT_SIGNALS_TIMEOUT 15
+/* klp_check_and_switch_task's "a function being (un)patched is on the stack":
+ * only then does *arg name it (func->old_name) */
+#define KLPT_EADDRINUSE 98
+
+/* Where a blocker's entry came from (klpt_blocker.source). */
+enum klpt_stall_source {
+	KLPT_STALL_FROM_CHECK  = 1,   /* klp_check_and_switch_task returned ret (5.16+) */
+	KLPT_STALL_FROM_SWITCH = 2,   /* klp_try_switch_task returned false (older kernels: no reason) */
+};
+
+/* One task that has not switched, keyed by its task_struct pointer (idle
+ * tasks all have pid 0). Written by the check probes, read (and pruned) by
+ * the daemon; "window" numbers count the sweeps started in the transition. */
+struct klpt_blocker {
+	unsigned long long first_ns;    /* first failed check in this transition */
+	unsigned long long last_ns;     /* the last failed check */
+	unsigned long long checks;      /* failed checks so far */
+	unsigned long long gen;         /* transition generation: hits of init + reverse */
+	int ret;                        /* what the last check returned (FROM_SWITCH: 0) */
+	unsigned int source;            /* enum klpt_stall_source */
+	unsigned int pid;               /* task->pid: the thread id */
+	unsigned int tgid;              /* task->tgid */
+	unsigned int flags;             /* task->flags (PF_KTHREAD 0x00200000) */
+	unsigned int first_window;      /* sweeps started before the first failure */
+	unsigned int last_window;       /* ... before the last one */
+	unsigned int pad;
+	char comm[KLPT_COMM_LEN];       /* task->comm */
+	char func[KLPT_FUNC_LEN];       /* ret == -EADDRINUSE: func->old_name; else "" */
+};
+
+/* The sweeps (klp_try_complete_transition) of the transition in progress:
+ * one entry, written only under klp_mutex (sweeps never overlap). */
+struct klpt_sweeps {
+	unsigned long long gen;         /* the generation the counters are for */
+	unsigned long long gen_ns;      /* the first sweep of that generation began */
+	unsigned long long start_ns;    /* the sweep in progress began (0: none) */
+	unsigned long long done_start_ns;  /* the last completed sweep began (0: none yet) */
+	unsigned long long done_end_ns; /* ... and returned */
+	unsigned long long signal_ns;   /* the last sweep that signalled the remaining tasks */
+	unsigned long long overflow;    /* failed checks not stored: stall_tasks full (never reset) */
+	unsigned long long complete_mark;  /* hits of klp_complete_transition at the sweep's entry */
+	unsigned int started;           /* sweeps started in this generation */
+	unsigned int incomplete;        /* sweeps that left tasks behind: the kernel's klp_signals_cnt */
+	unsigned int signals;           /* sweeps that signalled the remaining tasks */
+	unsigned int pad;
 };
 
 #endif /* KLPTRACE_H */

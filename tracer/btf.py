@@ -43,6 +43,11 @@ WANTED = {
     "KLPT_OFF_OBJ_PATCHED": ("klp_object", "patched"),
     "KLPT_OFF_CB_PUE": ("klp_callbacks", "post_unpatch_enabled"),
     "KLPT_OFF_MOD_NAME": ("module", "name"),
+    # the stall probes (bpf/klptrace.bpf.c "stalls") name the task that blocks
+    "KLPT_OFF_TASK_PID": ("task_struct", "pid"),
+    "KLPT_OFF_TASK_TGID": ("task_struct", "tgid"),
+    "KLPT_OFF_TASK_FLAGS": ("task_struct", "flags"),
+    "KLPT_OFF_TASK_COMM": ("task_struct", "comm"),
 }
 # struct members that are themselves structs, for dotted paths: (struct, member) -> struct
 _NESTED = {("klp_object", "kobj"): "kobject", ("klp_patch", "kobj"): "kobject",

@@ -158,6 +158,38 @@ class Loader:
         t = self.bpf["hits"]
         return [int(t[t.Key(i)].value) for i in range(rw.HIT_SLOTS)]
 
+    def stall_table(self) -> "BpfStallTable":
+        return BpfStallTable(self.bpf)
+
     def close(self) -> None:
         self.detach_tracefs()
         self.bpf.cleanup()
+
+
+class BpfStallTable:
+    """The stall section's tables (bpf/klptrace.bpf.c "stalls"), for
+    tracer/stalls.py: read only while a transition is open."""
+
+    def __init__(self, bpf):
+        self._tasks = bpf["stall_tasks"]
+        self._sweep = bpf["stall_sweep"]
+
+    def sweeps(self) -> rw.Sweeps:
+        t = self._sweep
+        return rw.decode_sweeps(t[t.Key(0)])
+
+    def blockers(self) -> list[rw.Blocker]:
+        # get_next_key + lookup per entry (bcc's items()); the table holds
+        # the tasks that have not switched, 4096 at most
+        return [rw.decode_blocker(k.value, v) for k, v in self._tasks.items()]
+
+    def forget(self, keys: list[int]) -> None:
+        t = self._tasks
+        for k in keys:
+            try:
+                del t[t.Key(k)]
+            except KeyError:
+                pass            # gone already (switched meanwhile)
+
+    def clear(self) -> None:
+        self._tasks.clear()

@@ -45,7 +45,10 @@ SNAP_LAST, SNAP_MORE, SNAP_TRUNCATED = 0, 1, 2
 HIT_PROGRAMS = ("enable", "enable_ret", "init", "start", "complete", "cancel", "reverse",
                 "force", "patch_object", "patch_object_ret", "unpatch_object",
                 "module_coming", "module_coming_ret", "module_going", "module_going_ret",
-                "core", "direct", "direct_ret", "complete_ret")
+                "core", "direct", "direct_ret", "complete_ret",
+                # the stall section (appended)
+                "stall_check", "stall_check_ret", "stall_switch", "stall_switch_ret",
+                "stall_sweep", "stall_sweep_ret")
 HIT_SLOTS = len(HIT_PROGRAMS)
 
 # kernel klp_target_state values
@@ -128,3 +131,105 @@ def decode(data) -> Raw:
     return Raw(kind=ev.kind, ts_ns=ev.ts_ns, patch=_s(ev.patch), module=_s(ev.module),
                arg=int(ev.arg), ip=ev.ip, pid=ev.pid, ctx=ev.ctx, replace=bool(ev.replace),
                objs=objs, lost=ev.lost, chunk=ev.chunk, snap=ev.snap)
+
+
+# --- stalls: the tables of the "stalls" section (klptrace.h struct klpt_blocker,
+# struct klpt_sweeps), read by the daemon on its poll tick (tracer/stalls.py) ---
+
+COMM_LEN = 16
+FUNC_LEN = 128
+STALL_SLOTS = 4096           # entries of the BPF table stall_tasks
+SIGNALS_TIMEOUT = 15         # the kernel signals on every 15th sweep that left tasks behind
+EADDRINUSE = 98              # klp_check_and_switch_task: a patched function is on the stack
+
+# enum klpt_stall_source
+STALL_FROM_CHECK, STALL_FROM_SWITCH = 1, 2
+
+PF_KTHREAD = 0x00200000      # include/linux/sched.h
+
+
+class CBlocker(ctypes.Structure):
+    _fields_ = [("first_ns", ctypes.c_uint64),
+                ("last_ns", ctypes.c_uint64),
+                ("checks", ctypes.c_uint64),
+                ("gen", ctypes.c_uint64),
+                ("ret", ctypes.c_int32),
+                ("source", ctypes.c_uint32),
+                ("pid", ctypes.c_uint32),
+                ("tgid", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32),
+                ("first_window", ctypes.c_uint32),
+                ("last_window", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32),
+                ("comm", ctypes.c_char * COMM_LEN),
+                ("func", ctypes.c_char * FUNC_LEN)]
+
+
+class CSweeps(ctypes.Structure):
+    _fields_ = [("gen", ctypes.c_uint64),
+                ("gen_ns", ctypes.c_uint64),
+                ("start_ns", ctypes.c_uint64),
+                ("done_start_ns", ctypes.c_uint64),
+                ("done_end_ns", ctypes.c_uint64),
+                ("signal_ns", ctypes.c_uint64),
+                ("overflow", ctypes.c_uint64),
+                ("complete_mark", ctypes.c_uint64),
+                ("started", ctypes.c_uint32),
+                ("incomplete", ctypes.c_uint32),
+                ("signals", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+@dataclass
+class Blocker:
+    """One task the kernel's checks found not switched (struct klpt_blocker)."""
+    key: int                  # the task_struct pointer (the table's key)
+    pid: int                  # thread id (0: an idle task)
+    tgid: int
+    comm: str
+    kthread: bool
+    ret: int                  # the last check's return (0 with STALL_FROM_SWITCH)
+    source: int               # STALL_FROM_*
+    function: str             # "" unless ret == -EADDRINUSE
+    first_ns: int
+    last_ns: int
+    checks: int
+    gen: int
+    first_window: int
+    last_window: int
+
+
+@dataclass
+class Sweeps:
+    """The sweeps of the transition in progress (struct klpt_sweeps)."""
+    gen: int = 0
+    gen_ns: int = 0
+    start_ns: int = 0
+    done_start_ns: int = 0
+    done_end_ns: int = 0
+    signal_ns: int = 0
+    overflow: int = 0
+    started: int = 0
+    incomplete: int = 0
+    signals: int = 0
+
+
+def _buf(data) -> bytes:
+    return bytes(data)    # a ctypes struct (bcc's leaf) or bytes
+
+
+def decode_blocker(key: int, data) -> Blocker:
+    """``data``: the table's leaf (a ctypes struct of bcc's) or its bytes."""
+    b = CBlocker.from_buffer_copy(_buf(data)[:ctypes.sizeof(CBlocker)])
+    return Blocker(key=int(key), pid=b.pid, tgid=b.tgid, comm=_s(b.comm),
+                   kthread=bool(b.flags & PF_KTHREAD), ret=b.ret, source=b.source,
+                   function=_s(b.func), first_ns=b.first_ns, last_ns=b.last_ns,
+                   checks=b.checks, gen=b.gen, first_window=b.first_window,
+                   last_window=b.last_window)
+
+
+def decode_sweeps(data) -> Sweeps:
+    s = CSweeps.from_buffer_copy(_buf(data)[:ctypes.sizeof(CSweeps)])
+    return Sweeps(gen=s.gen, gen_ns=s.gen_ns, start_ns=s.start_ns, done_start_ns=s.done_start_ns,
+                  done_end_ns=s.done_end_ns, signal_ns=s.signal_ns, overflow=s.overflow,
+                  started=s.started, incomplete=s.incomplete, signals=s.signals)

@@ -195,6 +195,40 @@ def test_ctypes_layout_matches_header():
     assert ctypes.sizeof(rw.CEvent) == 8 * 4 + 4 * 8 + 56 * 2 + 8 * ctypes.sizeof(rw.CObj)
 
 
+def _header_struct_fields(name: str) -> list[tuple[str, int]]:
+    """(member, size in bytes) of `struct NAME` in bpf/klptrace.h, in order."""
+    h = (Path(__file__).resolve().parents[2] / "bpf" / "klptrace.h").read_text()
+    consts = _header_constants()
+    body = re.search(r"struct %s \{(.*?)\};" % name, h, re.S).group(1)
+    sizes = {"unsigned long long": 8, "long long": 8, "unsigned int": 4, "int": 4, "char": 1}
+    out = []
+    for decl in re.sub(r"/\*.*?\*/", "", body, flags=re.S).split(";"):
+        decl = decl.strip()
+        if not decl:
+            continue
+        m = re.match(r"(unsigned long long|long long|unsigned int|int|char) (\w+)(?:\[(\w+)\])?$", decl)
+        assert m, decl
+        n = 1 if m[3] is None else int(consts.get(m[3], m[3]))
+        out.append((m[2], sizes[m[1]] * n))
+    return out
+
+
+def test_stall_tables_match_header():
+    """The daemon reads the stall tables with these mirrors (tracer/stalls.py):
+    same members, same order, same sizes as the C structs."""
+    import ctypes
+    for cname, cls in (("klpt_blocker", rw.CBlocker), ("klpt_sweeps", rw.CSweeps)):
+        want = _header_struct_fields(cname)
+        got = [(f, ctypes.sizeof(t)) for f, t in cls._fields_]
+        assert got == want, cname
+    assert ctypes.sizeof(rw.CBlocker) == 4 * 8 + 8 * 4 + 16 + 128
+    b = rw.CBlocker(pid=7, tgid=5, flags=rw.PF_KTHREAD, ret=-rw.EADDRINUSE, comm=b"kworker/0:1",
+                    func=b"klpt_busy_work_func", first_ns=1, last_ns=2, checks=3)
+    d = rw.decode_blocker(0xffff0000, bytes(b))
+    assert (d.pid, d.tgid, d.kthread, d.comm, d.function, d.checks) == \
+        (7, 5, True, "kworker/0:1", "klpt_busy_work_func", 3)
+
+
 def test_loss_goes_out_after_what_was_held():
     """A record held for a return value that may be among the lost events goes
     out as it is, before the `loss` record: the trace keeps the kernel's order."""
