@@ -25,6 +25,7 @@ from . import events as ev
 from . import exitcodes as xc
 from . import kstate
 from . import rawevents as rw
+from . import statusfile
 from .infer import Inference
 from .probeplan import make_plan, format_plan
 
@@ -38,6 +39,7 @@ class Stage(str, enum.Enum):
     WRITE = "write"         # the trace writer
     JUDGE = "judge"         # the rule engine
     TICK = "tick"           # the poll loop's own work (losses, hold deadlines)
+    STALLS = "stalls"       # reading a stalled transition's blockers (tracer/stalls.py)
 
 
 def log(msg: str) -> None:
@@ -85,7 +87,8 @@ class Daemon:
                  tls_key: str | None = None, metrics_max_patches: int | None = None,
                  trace_max_bytes: int | None = None, trace_keep: int | None = None,
                  ring_pages: int = 64, skip_points: tuple[str, ...] = (),
-                 discover_dirs: list[str] | None = None):
+                 discover_dirs: list[str] | None = None,
+                 status_path: str = statusfile.PATH):
         self.trace_path = trace
         self.ring_pages = ring_pages
         self.preload_paths = preload
@@ -117,6 +120,9 @@ class Daemon:
         self.unwritten_now = 0                 # ... since writing last failed
         self._unwritten_first: int | None = None
         self._fault = FaultInjection(os.environ.get("KLPT_INJECT_FAULT"))
+        self.stalls = None                     # tracer.stalls.StallTracker, once attached
+        self.status_path = status_path         # for `klptrace status` (tracer/statusfile.py)
+        self._status_said = False
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop = True
@@ -140,6 +146,7 @@ class Daemon:
                                      livepatch_state=kstate.patches,
                                      probes=lambda: plan_probes(self.plan) if self.plan else [],
                                      health=self.health,
+                                     stalls=lambda: self.stalls.state if self.stalls else None,
                                      kernel_release=os.uname().release, **kw)
         srv = mserver.start(self.metrics, self.listen, certfile=self.tls[0], keyfile=self.tls[1])
         log(f"metrics at {srv.url}")
@@ -179,9 +186,11 @@ class Daemon:
             key = (stage.value, type(e).__name__)
             if key not in self._said:
                 self._said.add(key)
+                gap = ("a loss record marks the gap" if stage is not Stage.STALLS
+                       else "the stall view may be stale; callbacks are unaffected")
                 log(f"error in {stage.value}: {type(e).__name__}: {e} (counted in "
-                    f"klptrace_handler_errors_total{{stage=\"{stage.value}\"}}; a loss "
-                    "record marks the gap; further errors of this kind are only counted)")
+                    f"klptrace_handler_errors_total{{stage=\"{stage.value}\"}}; {gap}; "
+                    "further errors of this kind are only counted)")
             if stage in (Stage.DECODE, Stage.INFER, Stage.TICK):
                 self._gap(ts_ns, f"{stage.value} error: {type(e).__name__}")
             return False
@@ -207,6 +216,8 @@ class Daemon:
             self._guarded(Stage.INFER, self.inference.feed, r, ts_ns=r.ts_ns)
 
     def _sink(self, rec: dict) -> None:
+        if self.stalls is not None:
+            self.stalls.on_record(rec)      # notes transition records only
         self.records += 1
         self._write(rec)
         if self.verbose:
@@ -261,6 +272,30 @@ class Daemon:
                 if mods:
                     log(f"discovery: {f}: preloading {', '.join(mods)}")
                     self.probes.add_preloaded(mods)
+        if self.stalls is not None:
+            # only while a transition is open does this read anything
+            self._guarded(Stage.STALLS, self.stalls.tick, now, self.inference.transition_patch)
+
+    def _write_status(self, state) -> None:
+        try:
+            statusfile.write(state, self.status_path)
+        except OSError as e:
+            if not self._status_said:
+                self._status_said = True
+                log(f"cannot write the status file {self.status_path}: {e.strerror}; "
+                    "`klptrace status` will read /proc instead")
+
+    def _start_stalls(self, loader, plan, state: dict) -> None:
+        """The stall view (tracer/stalls.py): its records go through the
+        inference's queue, which numbers them in order."""
+        from .stalls import StallTracker
+        source = plan.stall_source()
+        open_now = next(((p["name"], "patched" if p["enabled"] else "unpatched")
+                         for p in state["patches"] if p["transition"]), None)
+        self.stalls = StallTracker(self.inference.out.emit, source=source,
+                                   table=loader.stall_table() if source != "proc" else None,
+                                   on_change=self._write_status, open_at_start=open_now)
+        log(f"stalled transitions: source {source}")
 
     # --- the run --------------------------------------------------------------------
 
@@ -342,6 +377,7 @@ class Daemon:
             self.inference = Inference(self._sink, core_kinds=plan.core_kinds(), coverage=probes,
                                        active=[p for p in state["patches"]
                                                if p["enabled"] or p["transition"]])
+            self._start_stalls(loader, plan, state)
             for r in raw_before:
                 self._guarded(Stage.INFER, self.inference.feed, r, ts_ns=r.ts_ns)
             if self.verbose:
@@ -401,3 +437,5 @@ class Daemon:
                     os.unlink(self.ready_file)
                 except OSError:
                     pass
+            if self.stalls is not None:
+                statusfile.remove(self.status_path)

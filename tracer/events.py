@@ -30,7 +30,13 @@ EVIDENCE = ("direct", "core", "inferred")
 
 VMLINUX = "vmlinux"
 
-RECORD_TYPES = ("patch", "transition", "module", "callback", "loss")
+# stall records (tracer/stalls.py): information about an open transition's
+# blockers, never judged; more events and reasons may appear in later writers
+STALL_EVENTS = ("blocked", "switched", "overflow", "signalled", "cleared")
+STALL_TASK_EVENTS = ("blocked", "switched")          # about one task: pid, comm, reason
+STALL_REASONS = ("running", "unreliable_stack", "sleeping_on_function", "not_switched", "error")
+
+RECORD_TYPES = ("patch", "transition", "module", "callback", "loss", "stall")
 
 
 class RecordError(ValueError):
@@ -91,6 +97,19 @@ def loss(seq: int, ts_ns: int, count: int, *, reason: str | None = None) -> dict
     r = {"type": "loss", "seq": seq, "ts_ns": ts_ns, "count": count}
     if reason is not None:
         r["reason"] = reason
+    return r
+
+
+def stall(seq: int, ts_ns: int, patch: str, target: str, event: str, *, since_ns: int,
+          function: str | None = None, **fields) -> dict:
+    """A transition's blockers (docs/trace-format.md, `stall`). Task events
+    carry ``pid``, ``comm``, ``reason`` (and ``function`` when known); the
+    others ``tasks`` (and ``cause`` for `cleared`)."""
+    r = {"type": "stall", "seq": seq, "ts_ns": ts_ns, "patch": patch, "target": target,
+         "event": event, "since_ns": since_ns}
+    if function:
+        r["function"] = function
+    r.update(fields)
     return r
 
 
@@ -171,7 +190,7 @@ def check_record(rec: object) -> bool:
             p, e = rec["patch"], rec["event"]
             ok = (ok and type(p) is str and p != "" and type(e) is str and e != ""
                   and e != "enable" and e != "enable_failed")
-        elif t == "loss":
+        elif t == "loss" or t == "stall":
             ok = False          # rare: the full check below
         elif type(t) is str and ok:
             return False        # unknown type: skipped with a warning
@@ -227,6 +246,30 @@ def _check_record_slow(rec: object) -> bool:
     elif rtype == "loss":
         if _int(rec, "count") < 0:
             raise RecordError("field 'count' must not be negative")
+    elif rtype == "stall":
+        _check_stall(rec)
     else:
         return False
     return True
+
+
+def _check_stall(rec: dict) -> None:
+    """A stall record: the fields every event has, and a task event's task.
+    Unknown events and reasons are accepted (later writers may add some;
+    the record is information, never judged)."""
+    _str(rec, "patch")
+    _one_of(rec, "target", TARGETS)
+    event = _str(rec, "event")
+    _int(rec, "since_ns")
+    fn = rec.get("function")
+    if fn is not None and not isinstance(fn, str):
+        raise RecordError("field 'function' must be a string")
+    if event in STALL_TASK_EVENTS:
+        if _int(rec, "pid") < 0:
+            raise RecordError("field 'pid' must not be negative")
+        if not isinstance(rec.get("comm"), str):
+            raise RecordError("field 'comm' must be a string")
+        _str(rec, "reason")
+    elif event in STALL_EVENTS:
+        if _int(rec, "tasks") < 0:
+            raise RecordError("field 'tasks' must not be negative")

@@ -35,7 +35,8 @@ def test_vendored_spec_equals_the_shared_one():
 def test_trace_format_doc_names_every_type_event_and_field():
     doc = (REPO / "docs/trace-format.md").read_text()
     for word in (events.RECORD_TYPES + events.PATCH_EVENTS + events.TRANSITION_EVENTS
-                 + events.MODULE_EVENTS + events.CALLBACKS + events.EVIDENCE):
+                 + events.MODULE_EVENTS + events.CALLBACKS + events.EVIDENCE
+                 + events.STALL_EVENTS + events.STALL_REASONS):
         assert f"`{word}`" in doc, word
 
 

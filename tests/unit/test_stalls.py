@@ -1,0 +1,439 @@
+"""tracer.stalls without a kernel: the BPF tables are a fake with the
+semantics of bpf/klptrace.bpf.c ("stalls"): an entry per task whose check
+failed, a sweep state per transition direction. What must hold: a healthy
+transition writes nothing, a real blocker is named with its reason and
+function, the records are bounded whatever the number of tasks, nothing is
+read outside a transition, and the state the metrics read counts every
+blocker."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracer import events as ev
+from tracer import rawevents as rw
+from tracer import stalls as st
+
+S = 1_000_000_000
+EBUSY, EINVAL = -16, -22
+
+
+class Table:
+    """bpf/klptrace.bpf.c's stall_tasks and stall_sweep, driven by the test as
+    the kernel would: ``sweep()`` runs one sweep in which ``failing`` tasks
+    fail their check."""
+
+    def __init__(self):
+        self.entries: dict[int, rw.Blocker] = {}
+        self.sw = rw.Sweeps()
+        self.gen = 1
+        self.reads = 0
+        self.forgotten: list[int] = []
+
+    # the kernel side
+    def new_direction(self):
+        self.gen += 1
+
+    def sweep(self, start: int, failing: dict, end: int | None = None, complete=False):
+        """failing: key -> (pid, comm, ret, function, kthread)"""
+        s = self.sw
+        if s.gen != self.gen:
+            self.sw = s = rw.Sweeps(gen=self.gen, gen_ns=start, overflow=s.overflow)
+        s.start_ns, s.started = start, s.started + 1
+        for key, (pid, comm, ret, fn, kthread) in failing.items():
+            self.check(key, pid, comm, ret, fn, kthread, start + 1)
+        for key, b in list(self.entries.items()):
+            if b.gen == self.gen and key not in failing and b.last_ns >= s.done_start_ns:
+                pass        # switched at kernel exit: the kernel does not check it again
+        if not complete:
+            if s.incomplete and s.incomplete % rw.SIGNALS_TIMEOUT == 0:
+                s.signals += 1
+                s.signal_ns = start + 2
+            s.incomplete += 1
+        s.done_start_ns, s.done_end_ns, s.start_ns = start, end or start + 3, 0
+
+    def check(self, key, pid, comm, ret, fn, kthread, ts):
+        window = self.sw.started if self.sw.gen == self.gen else 0
+        b = self.entries.get(key)
+        if b is not None and (b.gen != self.gen or b.pid != pid):
+            b = None
+        if b is None:
+            if len(self.entries) >= rw.STALL_SLOTS:
+                self.sw.overflow += 1
+                return
+            b = self.entries[key] = rw.Blocker(key, pid, pid, comm, kthread, ret,
+                                               rw.STALL_FROM_CHECK, "", ts, ts, 0, self.gen,
+                                               window, window)
+        b.last_ns, b.last_window, b.ret, b.checks = ts, window, ret, b.checks + 1
+        b.function = fn if ret == -rw.EADDRINUSE else ""
+
+    def switch(self, key):
+        self.entries.pop(key, None)
+
+    # what tracer/stalls.py calls
+    def sweeps(self):
+        return rw.Sweeps(**vars(self.sw))
+
+    def blockers(self):
+        self.reads += 1
+        return [rw.Blocker(**vars(b)) for b in self.entries.values()]
+
+    def forget(self, keys):
+        self.forgotten += keys
+        for k in keys:
+            self.entries.pop(k, None)
+
+    def clear(self):
+        self.entries.clear()
+
+
+def tracker(table=None, **kw):
+    out = []
+    t = st.StallTracker(out.append, source="check", table=table or Table(), clock=lambda: 0, **kw)
+    return t, out
+
+
+def tr(event, ts, target="patched", patch="lp"):
+    return ev.transition(0, ts, patch, event, target)
+
+
+WORKER = {0xA: (42, "kworker/0:1", -rw.EADDRINUSE, "klpt_busy_work_func", True)}
+
+
+def open_transition(t, ts=1 * S, target="patched"):
+    t.on_record(tr("init", ts, target))
+    t.on_record(tr("start", ts + 1, target))
+    t.tick(ts + 2, "lp")
+
+
+def test_a_healthy_transition_writes_nothing():
+    table = Table()
+    t, out = tracker(table)
+    open_transition(t)
+    # the first sweep finds an idle task on its CPU; it switches in its idle loop
+    table.sweep(2 * S, {0xB: (0, "swapper/1", EBUSY, "", True)})
+    table.switch(0xB)
+    t.tick(2 * S + 10, "lp")
+    table.sweep(3 * S, {}, complete=True)
+    t.on_record(tr("complete", 3 * S + 5))
+    t.tick(3 * S + 10, None)
+    assert out == []
+    assert t.state.patch is None and t.state.blockers == ()
+
+
+def test_a_task_on_a_patched_function_is_named_and_its_switch_written():
+    table = Table()
+    t, out = tracker(table)
+    open_transition(t)
+    table.sweep(2 * S, WORKER)
+    t.tick(2 * S + 10, "lp")
+    assert out == []                    # one window: not yet a blocker
+    table.sweep(3 * S, WORKER)
+    t.tick(3 * S + 10, "lp")
+    (rec,) = out
+    assert ev.check_record(rec)
+    assert (rec["event"], rec["pid"], rec["comm"], rec["reason"], rec["function"],
+            rec["kthread"], rec["patch"], rec["target"]) == \
+        ("blocked", 42, "kworker/0:1", "sleeping_on_function", "klpt_busy_work_func", True,
+         "lp", "patched")
+    assert rec["since_ns"] == 2 * S + 1       # its first failed check
+    (b,) = t.state.blockers
+    assert b.function == "klpt_busy_work_func" and t.state.sweeps == 2
+    # the same again: nothing new
+    table.sweep(4 * S, WORKER)
+    t.tick(4 * S + 10, "lp")
+    assert len(out) == 1
+    # the worker leaves the function and switches: the next sweep does not check it
+    table.switch(0xA)
+    table.sweep(5 * S, {}, complete=True)
+    t.tick(5 * S + 10, "lp")
+    assert out[-1]["event"] == "switched" and out[-1]["pid"] == 42
+    t.on_record(tr("complete", 5 * S + 4))
+    t.tick(5 * S + 20, None)
+    assert out[-1]["event"] == "cleared" and out[-1]["tasks"] == 0
+    assert out[-1]["cause"] == "complete" and out[-1]["ts_ns"] == 5 * S + 4
+    assert all(ev.check_record(r) for r in out)
+    assert t.state.patch is None
+
+
+def test_an_entry_the_last_sweep_did_not_check_has_switched():
+    """A task that switched at kernel exit keeps its entry (no probe saw the
+    switch); the next completed sweep, which did not check it, proves it."""
+    table = Table()
+    t, out = tracker(table)
+    open_transition(t)
+    two = {**WORKER, 0xC: (77, "bash", EBUSY, "", False)}
+    table.sweep(2 * S, two)
+    table.sweep(3 * S, two)
+    t.tick(3 * S + 10, "lp")
+    assert {r["pid"] for r in out} == {42, 77}
+    table.sweep(4 * S, WORKER)          # bash went back to user space: switched
+    t.tick(4 * S + 10, "lp")
+    assert out[-1]["event"] == "switched" and out[-1]["pid"] == 77
+    assert 0xC in table.forgotten and 0xC not in table.entries
+    assert [b.pid for b in t.state.blockers] == [42]
+
+
+def test_nothing_is_read_outside_a_transition():
+    table = Table()
+    t, out = tracker(table)
+    for i in range(50):
+        t.tick(i * S, None)
+    assert table.reads == 0
+    open_transition(t)
+    table.sweep(2 * S, WORKER)
+    t.tick(2 * S + 10, "lp")
+    assert table.reads == 1
+    for i in range(5):                  # no new sweep, within a second: no read
+        t.tick(2 * S + 20 + i, "lp")
+    assert table.reads == 1
+
+
+def test_thousands_of_blockers_write_a_bounded_trace_and_count_them_all():
+    table = Table()
+    t, out = tracker(table)
+    open_transition(t)
+    many = {0x1000 + i: (1000 + i, f"t{i}", -rw.EADDRINUSE, "do_sys_poll", False)
+            for i in range(5000)}        # more than the BPF table holds
+    for k in range(30):
+        table.sweep((2 + k) * S, many)
+        t.tick((2 + k) * S + 10, "lp")
+    blocked = [r for r in out if r["event"] == "blocked"]
+    overflow = [r for r in out if r["event"] == "overflow"]
+    assert len(blocked) == st.MAX_LISTED
+    assert 1 <= len(overflow) <= 2 * 13
+    assert overflow[-1]["tasks"] == rw.STALL_SLOTS - st.MAX_LISTED
+    assert overflow[-1]["untracked_checks"] > 0            # the table was full: said so
+    assert len(t.state.blockers) == rw.STALL_SLOTS        # the gauges count every one tracked
+    assert t.state.untracked_checks == table.sw.overflow
+    assert t.state.records_suppressed >= rw.STALL_SLOTS - st.MAX_LISTED
+    signalled = [r for r in out if r["event"] == "signalled"]
+    assert len(signalled) == 1 and signalled[0]["signals"] == 1
+    assert len(out) <= st.MAX_LISTED * (st.MAX_RECORDS_PER_TASK + 1) + 2 + 2 * 13
+
+
+def test_a_reason_that_keeps_changing_is_bounded_per_task():
+    table = Table()
+    t, out = tracker(table)
+    open_transition(t)
+    for k in range(20):
+        ret = EBUSY if k % 2 else -rw.EADDRINUSE
+        table.sweep((2 + k) * S, {0xA: (42, "spin", ret, "hot_fn", True)})
+        t.tick((2 + k) * S + 10, "lp")
+    blocked = [r for r in out if r["event"] == "blocked"]
+    assert len(blocked) == st.MAX_RECORDS_PER_TASK
+    assert {r["reason"] for r in blocked} == {"running", "sleeping_on_function"}
+    assert t.state.records_suppressed == 19 - st.MAX_RECORDS_PER_TASK
+    assert t.state.blockers[0].reason == ("running" if 19 % 2 else "sleeping_on_function")
+
+
+def test_a_reverse_clears_the_old_direction_and_starts_afresh():
+    table = Table()
+    t, out = tracker(table)
+    open_transition(t)
+    table.sweep(2 * S, WORKER)
+    table.sweep(3 * S, WORKER)
+    t.tick(3 * S + 10, "lp")
+    assert out[-1]["event"] == "blocked"
+    # echo 0 > enabled: the kernel reverses; the worker is fine for the new target
+    table.new_direction()
+    t.on_record(tr("reverse", 4 * S, "unpatched"))
+    t.tick(4 * S + 1, "lp")
+    assert out[-1]["event"] == "cleared" and out[-1]["cause"] == "reverse"
+    assert out[-1]["tasks"] == 1 and out[-1]["target"] == "patched"
+    # the old direction's entry is not a blocker of the new one
+    table.sweep(5 * S, {})
+    t.tick(5 * S + 10, "lp")
+    assert t.state.blockers == () and t.state.target == "unpatched" and t.state.reversed
+    assert t.state.opened_ns == 1 * S + 1         # the transition is as old as its first start
+    assert 0xA not in table.entries
+    n = len(out)
+    table.sweep(6 * S, {}, complete=True)
+    t.on_record(tr("complete", 6 * S + 1, "unpatched"))
+    t.tick(6 * S + 10, None)
+    assert len(out) == n                 # the new direction reported nothing: no cleared
+
+
+def test_stale_entries_of_an_earlier_transition_are_not_blockers():
+    table = Table()
+    t, out = tracker(table)
+    open_transition(t)
+    table.sweep(2 * S, WORKER)
+    table.sweep(3 * S, WORKER)
+    t.tick(3 * S + 10, "lp")
+    table.sweep(4 * S, {}, complete=True)
+    t.on_record(tr("complete", 4 * S + 1))
+    t.tick(4 * S + 10, None)
+    assert 0xA not in table.entries      # its direction's entries left the table
+    # a new transition before any sweep of it: nothing is read as current
+    table.new_direction()
+    table.entries[0xD] = rw.Blocker(0xD, 9, 9, "old", False, EBUSY, rw.STALL_FROM_CHECK, "",
+                                    1, 2, 1, 1, 1, 5)
+    open_transition(t, ts=10 * S)
+    t.tick(10 * S + 5, "lp")
+    assert t.state.blockers == () and out[-1]["event"] == "cleared"
+
+
+def test_the_daemon_started_inside_a_transition_reads_it():
+    table = Table()
+    t, out = tracker(table, open_at_start=("lp", "patched"))
+    table.sweep(2 * S, WORKER)
+    table.sweep(3 * S, WORKER)
+    t.tick(3 * S + 10, "lp")
+    assert out and out[0]["event"] == "blocked" and t.state.patch == "lp"
+
+
+def test_on_change_sees_every_new_state():
+    seen = []
+    table = Table()
+    t, _ = tracker(table, on_change=seen.append)
+    open_transition(t)
+    table.sweep(2 * S, WORKER)
+    table.sweep(3 * S, WORKER)
+    t.tick(3 * S + 10, "lp")
+    assert seen[-1].blockers and seen[-1].patch == "lp"
+    assert isinstance(seen[-1].to_json()["blockers"][0]["function"], str)
+
+
+# --- the proc source (no stall probe attached) ------------------------------------
+
+def fake_host(tmp, tasks, patch="lp", target="patched", funcs=("klpt_busy_work_func",)):
+    sysfs = tmp / "livepatch"
+    (sysfs / patch).mkdir(parents=True)
+    (sysfs / patch / "transition").write_text("1\n")
+    (sysfs / patch / "enabled").write_text("1\n" if target == "patched" else "0\n")
+    for f in funcs:
+        (sysfs / patch / "klpt_busy" / f"{f},1").mkdir(parents=True)
+    proc = tmp / "proc"
+    for tid, (pid, comm, state, stack, kthread) in tasks.items():
+        d = proc / str(pid) / "task" / str(tid)
+        d.mkdir(parents=True)
+        (d / "patch_state").write_text(f"{state}\n")
+        (d / "comm").write_text(comm + "\n")
+        flags = 0x00200040 if kthread else 0x400000
+        (d / "stat").write_text(f"{tid} ({comm}) S 2 0 0 0 -1 {flags} 0 0\n")
+        (proc / str(tid)).mkdir(parents=True, exist_ok=True)
+        (proc / str(tid) / "stack").write_text(stack)
+    return sysfs, proc
+
+
+STACK = ("[<0>] __schedule+0x2c3/0x870\n[<0>] schedule_timeout+0x95/0x150\n"
+         "[<0>] klpt_busy_work_func+0x3a/0x60 [klpt_busy]\n[<0>] process_one_work+0x1c4/0x380\n")
+
+
+def test_the_proc_source_names_a_blocker_and_its_function(tmp_path):
+    sysfs, proc = fake_host(tmp_path, {50: (50, "kworker/1:2", 0, STACK, True),
+                                      60: (60, "bash", 1, "", False),
+                                      70: (70, "sshd", -1, "", False)})
+    out = []
+    t = st.StallTracker(out.append, source="proc", proc_root=str(proc), sysfs_root=str(sysfs))
+    open_transition(t)
+    t.tick(2 * S, "lp")                          # open for less than 2 s: no scan yet
+    t.tick(4 * S, "lp")                          # first scan: seen once
+    assert out == []
+    t.tick(10 * S, "lp")                         # second scan: a blocker
+    (rec,) = out
+    assert (rec["pid"], rec["reason"], rec["function"], rec["kthread"]) == \
+        (50, "not_switched", "klpt_busy_work_func", True)
+    assert [b.pid for b in t.state.blockers] == [50]
+
+
+def test_procstall_unpatching_looks_for_the_livepatch_module(tmp_path):
+    from tracer import procstall
+    stack = "[<0>] livepatch_cmdline_proc_show+0x10/0x40 [lp]\n[<0>] seq_read+0x1/0x2\n"
+    sysfs, proc = fake_host(tmp_path, {5: (5, "cat", 1, stack, False)}, target="unpatched")
+    assert procstall.open_transition(str(sysfs)) == ("lp", "unpatched")
+    (b,) = procstall.blockers("unpatched", set(), "lp", proc=str(proc))
+    assert b.function == "livepatch_cmdline_proc_show" and not b.kthread
+
+
+@pytest.mark.parametrize("ret,reason", [(EBUSY, "running"), (EINVAL, "unreliable_stack"),
+                                        (-rw.EADDRINUSE, "sleeping_on_function"), (-5, "error")])
+def test_reasons_from_the_kernels_return_codes(ret, reason):
+    b = rw.Blocker(1, 1, 1, "x", False, ret, rw.STALL_FROM_CHECK, "", 0, 0, 1, 1, 0, 0)
+    assert st.reason_of(b).value == reason
+    b.source = rw.STALL_FROM_SWITCH
+    assert st.reason_of(b) is st.Reason.NOT_SWITCHED
+
+
+def test_reason_names_are_the_trace_formats():
+    assert st.REASONS == ev.STALL_REASONS
+
+
+# --- in the daemon: through the inference's queue, into the trace, the status file
+
+def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
+    import json
+
+    from tracer import statusfile
+    from tracer.daemon import Daemon
+    from tracer.engine import Engine
+    from tracer.infer import Inference
+
+    class Writer:
+        def __init__(self):
+            self.lines = []
+
+        def write(self, rec):
+            self.lines.append(dict(rec))
+
+    class Loader:
+        def lost(self):
+            return 0
+
+    status = tmp_path / "run" / "status.json"
+    d = Daemon(None, [], None, status_path=str(status))
+    d.writer, d.loader = Writer(), Loader()
+    d.engine = Engine(ev.header("k", state={"patches": [], "modules": []}))
+    d.inference = Inference(d._sink)
+    table = Table()
+    d.stalls = st.StallTracker(d.inference.out.emit, source="check", table=table,
+                               on_change=d._write_status)
+    vm = rw.Obj("vmlinux", (0, 0, 0, 0))
+    d.inference.feed(rw.Raw(rw.INIT_TRANSITION, 1 * S, patch="lp", arg=1, pid=5, objs=[vm]))
+    d.inference.feed(rw.Raw(rw.START_TRANSITION, 1 * S + 5, pid=5, objs=[vm]))
+    table.sweep(2 * S, WORKER)
+    table.sweep(3 * S, WORKER)
+    d._tick()
+    doc = statusfile.read(str(status))
+    assert doc["stall"]["patch"] == "lp"
+    assert doc["stall"]["blockers"][0]["function"] == "klpt_busy_work_func"
+    assert oct(status.stat().st_mode & 0o777) == "0o644"
+    table.switch(0xA)
+    table.sweep(4 * S, {}, complete=True)
+    d.inference.feed(rw.Raw(rw.COMPLETE, 4 * S + 2, pid=7, objs=[vm]))
+    d.inference.feed(rw.Raw(rw.COMPLETE_RET, 4 * S + 3, pid=7))
+    d._tick()
+    kinds = [(r["type"], r.get("event")) for r in d.writer.lines]
+    assert kinds == [("patch", "enable"), ("transition", "init"), ("transition", "start"),
+                     ("stall", "blocked"), ("transition", "complete"), ("stall", "cleared")], kinds
+    seqs = [r["seq"] for r in d.writer.lines]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert d.engine.stats.records == len(d.writer.lines)
+    assert json.loads(status.read_text())["stall"]["patch"] is None
+    assert not d.handler_errors
+
+
+def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace():
+    from tracer.daemon import Daemon, Stage
+    from tracer.infer import Inference
+
+    class Broken(Table):
+        def sweeps(self):
+            raise OSError("map gone")
+
+        def blockers(self):
+            raise OSError("map gone")
+
+    lines = []
+    d = Daemon(None, [], None)
+    d.inference = Inference(lines.append)
+    d.stalls = st.StallTracker(d.inference.out.emit, source="check", table=Broken())
+    d.stalls.on_record(tr("init", 1))
+    d._guarded(Stage.STALLS, d.stalls.tick, 2 * S, "lp")
+    assert not [r for r in lines if r["type"] == "loss"]
+
+
+def test_the_status_lock_is_the_daemons():
+    from tracer import runcmd, statusfile
+    assert statusfile.LOCK == runcmd.LOCK
