@@ -253,9 +253,12 @@ class LivepatchCollector:
 
 
 class ProbeCollector:
-    """Probes attached, from a callable returning ``[(point, kind, attached)]``:
-    ``point`` an observation point of tracer.probeplan (bounded), ``kind``
-    how it is (or would be) attached: kprobe, kretprobe, fentry, tracefs."""
+    """Probes attached, from a callable returning ``[(point, kind, attached)]``
+    or ``[(point, kind, attached, required)]``: ``point`` an observation point
+    of tracer.probeplan (bounded), ``kind`` how it is (or would be) attached:
+    kprobe, kretprobe, fentry, tracefs; ``required`` whether the plan needs
+    it (optional points, such as the core-* helpers inlined on Debian's
+    kernels, are not attached by design and must not page anyone)."""
 
     def __init__(self, probes_source: Callable[[], list], self_metrics: SelfMetrics | None = None):
         self._probes = probes_source
@@ -273,17 +276,21 @@ class ProbeCollector:
             return
         g = GaugeMetricFamily(PREFIX + "probe_attached",
                               "1 if the probe for this observation point is attached, 0 if "
-                              "not (see `klptrace probes`), by point and kind.",
-                              labels=["point", "kind"])
-        for point, kind, attached in sorted(probes):
-            g.add_metric([str(point), str(kind)], 1.0 if attached else 0.0)
+                              "not (see `klptrace probes`), by point, kind and whether the plan "
+                              "requires it (required=\"false\": optional by design).",
+                              labels=["point", "kind", "required"])
+        for p in sorted(probes):
+            point, kind, attached = p[:3]
+            required = p[3] if len(p) > 3 else True
+            g.add_metric([str(point), str(kind), "true" if required else "false"],
+                         1.0 if attached else 0.0)
         yield g
 
 
 # Bounded label values of the health families (the daemon's own enums:
 # tracer.daemon.Stage, tracer.rawevents.HIT_PROGRAMS, the inference's gap and
 # hold reasons); a family lists every value from the start.
-HANDLER_STAGES = ("decode", "infer", "write", "judge", "tick")
+HANDLER_STAGES = ("decode", "infer", "write", "judge", "tick", "stalls")
 GAP_REASONS = ("mid-operation", "snapshot-truncated", "snapshot-incomplete",
                "coming-no-return", "coming-unplaced", "going-unplaced")
 HOLDS = ("pre_unpatch", "completion", "module post_patch", "module post_unpatch",
@@ -347,6 +354,88 @@ class HealthCollector:
                             rw.HIT_PROGRAMS, h.get("probe_hits", {}))
 
 
+# Distinct function label values per scrape of the blocking-function gauge; the
+# rest add up under OVERFLOW. A stall is usually one function or a few (the
+# patch's own, on the blockers' stacks); 16 bounds the family at 17 series.
+MAX_STALL_FUNCTIONS = 16
+
+
+class StallCollector:
+    """The open transition and its blockers (tracer.stalls.StallState, read
+    at scrape time): blocked tasks by reason, by function, the transition's
+    age, its sweeps and signals. With no transition open the reason
+    children are exported at 0 with an empty patch, so a query (an alert's
+    annotation, a dashboard panel) sees 0, not nothing."""
+
+    def __init__(self, state_source: Callable[[], object], patch_labels: PatchLabels,
+                 clock: Callable[[], int] | None = None):
+        import time
+        self._state = state_source
+        self._label = patch_labels
+        self._clock = clock or time.monotonic_ns
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from tracer.stalls import REASONS, StallState
+        st = self._state() or StallState()
+        patch = self._label(st.patch) if st.patch else ""
+        by_reason = dict.fromkeys(REASONS, 0)
+        by_function: dict[str, int] = {}
+        for t in st.blockers:
+            by_reason[t.reason] = by_reason.get(t.reason, 0) + 1
+            if t.function:
+                by_function[t.function] = by_function.get(t.function, 0) + 1
+        g = GaugeMetricFamily(PREFIX + "transition_blocked_tasks",
+                              "Tasks keeping the open livepatch transition from completing, by "
+                              f"reason ({'|'.join(REASONS)}); 0 with patch=\"\" when none is "
+                              "open (docs/operations.md, runbook).", labels=["patch", "reason"])
+        for r, n in by_reason.items():
+            g.add_metric([patch, r], n)
+        yield g
+        f = GaugeMetricFamily(PREFIX + "transition_blocking_function_tasks",
+                              "Blocked tasks of the open transition by the patched function on "
+                              f"their stack; at most {MAX_STALL_FUNCTIONS} functions, the rest "
+                              f"as function=\"{OVERFLOW}\".", labels=["patch", "function"])
+        ranked = sorted(by_function.items(), key=lambda kv: (-kv[1], kv[0]))
+        rest = sum(n for _, n in ranked[MAX_STALL_FUNCTIONS:])
+        for fn, n in sorted(ranked[:MAX_STALL_FUNCTIONS]):
+            f.add_metric([patch, fn], n)
+        if rest:
+            f.add_metric([patch, OVERFLOW], rest)
+        yield f
+        age = 0.0
+        if st.patch and st.opened_ns is not None:
+            age = max(0, self._clock() - st.opened_ns) / 1e9
+        yield self._one("transition_open_seconds",
+                        "Age of the open livepatch transition (since its start); 0 with "
+                        "patch=\"\" when none is open or its start was before the daemon.",
+                        patch, age)
+        yield self._one("transition_sweeps",
+                        "Sweeps over the tasks in the open transition's direction "
+                        "(klp_try_complete_transition: at its start, then about once a second).",
+                        patch, st.sweeps)
+        yield self._one("transition_signals",
+                        "Times the kernel signalled the remaining tasks of the open transition "
+                        "(every 15th sweep that left tasks behind).", patch, st.signals)
+        yield CounterMetricFamily(PREFIX + "stall_untracked_checks",
+                                  "Failed task checks the BPF stall table had no room for "
+                                  "(4096 tasks): their tasks are missing from the blocker gauges "
+                                  "(an `overflow` stall record in the trace says so).",
+                                  value=st.untracked_checks)
+        yield CounterMetricFamily(PREFIX + "stall_records_suppressed",
+                                  "Stall task records the trace bound kept out (more than 64 "
+                                  "blockers, or a task's reason changing more than 4 times); the "
+                                  "gauges still count those tasks.", value=st.records_suppressed)
+
+    @staticmethod
+    def _one(name: str, doc: str, patch: str, value: float):
+        g = GaugeMetricFamily(PREFIX + name, doc, labels=["patch"])
+        g.add_metric([patch], value)
+        return g
+
+
 class InfoCollector:
     """Build and kernel info: constant 1 gauges whose labels carry the facts."""
 
@@ -369,14 +458,15 @@ class InfoCollector:
         yield k
 
 
-def plan_probes(plan) -> list[tuple[str, str, bool]]:
-    """``[(point, kind, attached)]`` from a tracer.probeplan.Plan (duck-typed:
-    ``plan.results`` with ``point.name``, ``point.ret`` and ``how``)."""
+def plan_probes(plan) -> list[tuple[str, str, bool, bool]]:
+    """``[(point, kind, attached, required)]`` from a tracer.probeplan.Plan
+    (duck-typed: ``plan.results`` with ``point.name``, ``point.ret``,
+    ``point.required`` and ``how``)."""
     out = []
     for r in plan.results:
         attached = r.how != "none"
         kind = r.how if attached else ("kretprobe" if r.point.ret else "kprobe")
-        out.append((r.point.name, kind, attached))
+        out.append((r.point.name, kind, attached, bool(getattr(r.point, "required", True))))
     return out
 
 
@@ -397,6 +487,7 @@ class DaemonMetrics:
                  livepatch_state: Callable[[], list] = lambda: [],
                  probes: Callable[[], list] = lambda: [],
                  health: Callable[[], dict] | None = None,
+                 stalls: Callable[[], object] | None = None,
                  kernel_release: str | None = None,
                  max_patches: int = DEFAULT_MAX_PATCHES,
                  process_metrics: bool = True):
@@ -415,6 +506,8 @@ class DaemonMetrics:
         self.registry.register(ProbeCollector(probes, self.self_metrics))
         if health is not None:
             self.registry.register(HealthCollector(health))
+        if stalls is not None:
+            self.registry.register(StallCollector(stalls, self.patch_labels))
         self.registry.register(InfoCollector(kernel_release))
         # Histogram by target and outcome, not by patch: buckets times patches
         # would be the largest family by far; per-patch counts are in

@@ -28,7 +28,11 @@ def _example_registry():
     s.callbacks[("p", "vmlinux", "pre_patch", "ok", "direct")] = 1
     s.violations[("KLP-SYM-001", "p")] = 1
     s.transitions[("p", "patched", "completed")] = 1
+    from tracer.stalls import StallState, Task
+    stall = StallState(patch="p", target="patched", opened_ns=0, blockers=(
+        Task(1, 42, 42, "kworker/0:1", True, "sleeping_on_function", "f", 0),))
     dm = m.DaemonMetrics(lambda: s,
+                         stalls=lambda: stall,
                          livepatch_state=lambda: [{"name": "p", "enabled": True,
                                                    "transition": False}],
                          probes=lambda: [("init", "kprobe", True)],

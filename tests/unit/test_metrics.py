@@ -125,10 +125,13 @@ def test_failing_scrape_time_sources_are_counted_not_fatal():
 
 def test_probes_and_info():
     dm = DaemonMetrics(lambda: None, process_metrics=False, kernel_release="6.1.0-test",
-                       probes=lambda: [("init", "kprobe", True), ("force", "kprobe", False)])
+                       probes=lambda: [("init", "kprobe", True),
+                                       ("core-pre-patch", "kprobe", False, False)])
     got = samples(dm.registry, "klptrace_probe_attached")
-    assert got == {frozenset({"point": "init", "kind": "kprobe"}.items()): 1.0,
-                   frozenset({"point": "force", "kind": "kprobe"}.items()): 0.0}
+    # an optional point says so: the alert on unattached points skips it
+    assert got == {frozenset({"point": "init", "kind": "kprobe", "required": "true"}.items()): 1.0,
+                   frozenset({"point": "core-pre-patch", "kind": "kprobe",
+                              "required": "false"}.items()): 0.0}
     assert samples(dm.registry, "klptrace_kernel_info") == {
         frozenset({"release": "6.1.0-test"}.items()): 1.0}
     (labels, v), = samples(dm.registry, "klptrace_build_info").items()
@@ -137,19 +140,20 @@ def test_probes_and_info():
 
 def test_plan_probes_from_a_plan_shape():
     class P:
-        def __init__(self, name, ret):
-            self.name, self.ret = name, ret
+        def __init__(self, name, ret, required=True):
+            self.name, self.ret, self.required = name, ret, required
 
     class R:
-        def __init__(self, name, ret, how):
-            self.point, self.how = P(name, ret), how
+        def __init__(self, name, ret, how, required=True):
+            self.point, self.how = P(name, ret, required), how
 
     class Plan:
         results = [R("init", False, "kprobe"), R("enable-ret", True, "none"),
-                   R("core-pre-patch", False, "fentry")]
+                   R("core-pre-patch", False, "none", required=False)]
 
-    assert plan_probes(Plan()) == [("init", "kprobe", True), ("enable-ret", "kretprobe", False),
-                                   ("core-pre-patch", "fentry", True)]
+    assert plan_probes(Plan()) == [("init", "kprobe", True, True),
+                                   ("enable-ret", "kretprobe", False, True),
+                                   ("core-pre-patch", "kprobe", False, False)]
 
 
 def test_process_metrics_in_daemon_registry():

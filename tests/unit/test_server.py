@@ -51,7 +51,7 @@ def live():
                             livepatch_state=lambda: [
                                 {"name": "klpt_lp", "enabled": True, "transition": False},
                                 {"name": "klpt_lp2", "enabled": False, "transition": True}],
-                            probes=lambda: [("init", "kprobe", True), ("force", "kprobe", False)],
+                            probes=lambda: [("init", "kprobe", True), ("force", "kprobe", False, False)],
                             kernel_release="6.1.0-model")
     holder["metrics"] = metrics
     holder["engine"], holder["done"] = traced_engine(holder)
@@ -107,7 +107,8 @@ def test_scrape_equals_engine_stats(live):
     # scrape-time state
     assert by_name(got, "klptrace_livepatch_in_transition") == {
         frozenset({"patch": "klpt_lp"}.items()): 0.0, frozenset({"patch": "klpt_lp2"}.items()): 1.0}
-    assert got[("klptrace_probe_attached", frozenset({"point": "force", "kind": "kprobe"}.items()))] == 0
+    assert got[("klptrace_probe_attached", frozenset({"point": "force", "kind": "kprobe",
+                                                           "required": "false"}.items()))] == 0
     assert got[("klptrace_kernel_info", frozenset({"release": "6.1.0-model"}.items()))] == 1
 
 
