@@ -48,6 +48,10 @@ livepatch cycle run then is simply absent from its trace (it still validates).
       written to /dev/kmsg right before `echo 0 > enabled` to "unpatching
       complete"; and from user space: insmod klpt_lp, and until its sysfs
       directory is gone.
+(0)   the design before issue 16, in the same boot (daemon run 0, first and
+      so cold: struct offsets from the kernel headers, KLPT_STRUCT_OFFSETS=
+      headers; a wake-up per event, KLPT_WAKEUP=every): its start time and a
+      paired livepatch series "olddaemon" like (ii)'s "daemon".
 (iii) daemon start: launch -> ready file (both runs); VmRSS right before and
       after the daemon frees bcc's compiler memory (its log line); VmRSS/VmHWM
       after attach and after KLPT_BENCH_EVENTS cycles (run 2); then, in the same
@@ -104,9 +108,11 @@ switch() {
 	else echo 0 > $KPROBES; kill -STOP $pid; echo off; fi
 	sleep 0.05
 }
-start_daemon() {   # NAME: start, wait for readiness, print start time and RSS
+start_daemon() {   # NAME [VAR=VALUE...]: start, wait for readiness, print start time and RSS
+	local name=$1; shift
+	set -- $name "$@"
 	rm -f /run/$1.ready
-	__KLP__ run --ready-file /run/$1.ready --trace /run/$1.jsonl 2>/run/$1.log &
+	env "${@:2}" __KLP__ run --ready-file /run/$1.ready --trace /run/$1.jsonl 2>/run/$1.log &
 	echo $! > /run/$1.pid
 	local t0=$(now)
 	for i in $(seq 1 3600); do [ -e /run/$1.ready ] && break; sleep 0.05; done
@@ -165,6 +171,11 @@ lp_paired() {   # NAME TAG [probes]
 """
 
 _SCRIPT = r"""
+# run 0: the design before issue 16 (struct offsets from the kernel headers,
+# the daemon woken at every event), in the same boot for the comparison
+start_daemon run0 KLPT_STRUCT_OFFSETS=headers KLPT_WAKEUP=every
+lp_paired run0 olddaemon
+stop_daemon run0
 workload base1
 start_daemon run1
 c0=$(cpu_ticks run1); t0=$(now)
@@ -282,7 +293,7 @@ def main() -> int:
     freed = [re.findall(r"[0-9.]+", got.get(f"freed_run{i}", "")) for i in (1, 2)]
     n_lp = 2 * LP_ROUNDS
     paired = {"workload": _paired(_paired_workload(got["paired"]), 0.99, True)}
-    for tag in ("daemon", "probes"):
+    for tag in ("olddaemon", "daemon", "probes"):
         kmsg = [_kmsg_intervals(got[f"{tag}_kmsg_{i}"]) for i in range(n_lp)]
         paired[f"{tag}_enable"] = _paired([k[0] for k in kmsg], 1.05, False)
         paired[f"{tag}_disable"] = _paired([k[1] for k in kmsg], 1.05, False)
@@ -302,6 +313,7 @@ def main() -> int:
         "daemon_cpu_s": float(got["daemon_cpu_s_run1"]),
         "daemon_wall_s": float(got["daemon_wall_s_run1"]),
         "start_s": [float(got["start_s_run1"]), float(got["start_s_run2"])],
+        "start_s_former_design": float(got["start_s_run0"]),
         "rss_mb_attach": [mb("rss_kb_run1_attach"), mb("rss_kb_run2_attach")],
         # the daemon's log: VmRSS right before / after free_compiler_memory()
         "rss_mb_before_free": [float(f[0]) for f in freed if f],
@@ -338,12 +350,14 @@ def main() -> int:
          f"ratio {fig['workload_ratio']:.3f}: rounds minutes apart, drift-prone; "
          f"with {f2(traced)}; without {f2(base)}"),
         *(paired_row(f"{what}, {tag}", f"{tag}_{key}", "ms", 1000)
-          for tag in ("daemon", "probes")
+          for tag in ("olddaemon", "daemon", "probes")
           for key, what in (("enable", "enable, kernel log clock"),
                             ("disable", "disable, kernel log clock"),
                             ("insmod", "insmod klpt_lp"),
                             ("gone", "echo 0 -> sysfs dir gone"))),
-        ("daemon start to ready, s", f2(fig["start_s"]), "run 1 (cold) / run 2"),
+        ("daemon start to ready, s", f2(fig["start_s"]), "run 1 / run 2"),
+        ("daemon start to ready, former design, s", f"{fig['start_s_former_design']:.2f}",
+         "run 0 (cold): headers build, wake-up per event"),
         ("VmRSS before freeing the compiler, MB", f2(fig["rss_mb_before_free"]),
          "daemon log, run 1 / run 2"),
         ("VmRSS after freeing it, MB", f2(fig["rss_mb_after_free"]), "daemon log"),
