@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from . import stallsummary
 from .engine import UNKNOWN, VIOLATION, WARNING, Finding, Stats
 from .rules import RULES
 
@@ -16,6 +17,7 @@ class FileResult:
     stats: Stats = field(default_factory=Stats)
     input_warnings: list[str] = field(default_factory=list)  # reader: truncation, skips
     error: str | None = None          # unusable input: the one line to print
+    stalls: list[dict] = field(default_factory=list)    # information, never findings (stallsummary)
 
     def count(self, kind: str) -> int:
         return sum(1 for f in self.findings if f.kind == kind)
@@ -55,6 +57,7 @@ def format_text(results: list[FileResult]) -> str:
         for w in r.input_warnings:
             out.append(f"  WARNING {w}")
         out.extend(format_finding(f) for f in r.findings)
+        out.extend(stallsummary.format_text(r.stalls))
     return "\n".join(out)
 
 
@@ -65,7 +68,7 @@ def format_json(results: list[FileResult]) -> str:
             "path": r.path, "records": r.stats.records, "error": r.error,
             "violations": r.count(VIOLATION), "unknown": r.count(UNKNOWN),
             "warnings": r.warnings, "input_warnings": r.input_warnings,
-            "findings": [f.to_json() for f in r.findings]})
+            "findings": [f.to_json() for f in r.findings], "stalls": r.stalls})
         doc["violations"] += r.count(VIOLATION)
         doc["unknown"] += r.count(UNKNOWN)
         doc["warnings"] += r.warnings

@@ -15,12 +15,14 @@ import click
 from . import exitcodes
 from .engine import VIOLATION, Engine
 from .report import FileResult, format_json, format_text
+from .stallsummary import StallSummary
 from .traceio import TraceInputError, read_trace
 
 
 def validate_file(path: str) -> FileResult:
     """Stream one trace through a fresh engine."""
     result = FileResult(path)
+    stalls = StallSummary()         # stall records: information (the engine skips them)
     stream = read_trace(path, on_warning=result.input_warnings.append)
     try:
         header = next(stream)
@@ -31,11 +33,14 @@ def validate_file(path: str) -> FileResult:
             found = feed(rec)
             if found:
                 findings.extend(found)
+            if rec["type"] == "stall":
+                stalls.add(rec)
         findings.extend(engine.finish())
     except TraceInputError as e:
         result.error = str(e)
     except StopIteration:   # pragma: no cover - read_trace raises for empty files
         result.error = f"{path}: empty file"
+    result.stalls = stalls.finish()
     return result
 
 

@@ -109,3 +109,37 @@ def test_a_stall_open_at_the_end_of_the_trace_and_a_reverse():
     a, b = _summary(recs)
     assert a["cause"] == "reverse" and b["ended_ns"] is None and b["target"] == "unpatched"
     assert "still open at the end of the trace" in "\n".join(stallsummary.format_text([b]))
+
+
+def test_validate_reports_a_stall_as_information_never_a_finding(tmp_path):
+    from click.testing import CliRunner
+
+    from tracer.validate_cmd import validate, validate_file
+    recs = [ev.patch_enable(0, S, "lp", [{"name": "vmlinux", "callbacks": []}]),
+            ev.transition(0, S, "lp", "init", "patched"),
+            ev.transition(0, S + 1, "lp", "start", "patched"),
+            blocked(),
+            ev.transition(0, 9 * S, "lp", "complete", "patched"),
+            ev.stall(0, 9 * S, "lp", "patched", "cleared", since_ns=S + 1, tasks=1,
+                     cause="complete", sweeps=8, signals=0, forced=False)]
+    p = tmp_path / "t.jsonl"
+    with open(p, "w") as f:
+        f.write(json.dumps(ev.header("k", state={"patches": [], "modules": []})) + "\n")
+        for i, r in enumerate(recs, 1):
+            r["seq"] = i
+            f.write(json.dumps(r) + "\n")
+    res = validate_file(str(p))
+    # the patch stays enabled (one warning says so); the stall adds nothing
+    assert [f.kind for f in res.findings] == ["warning"] and "still enabled" in res.findings[0].message
+    assert res.input_warnings == [] and res.error is None
+    (s,) = res.stalls
+    assert s["duration_s"] == 7.0 and s["blockers"][0]["comm"] == "kworker/0:1"
+    r = CliRunner().invoke(validate, ["--format", "json", str(p)])
+    assert r.exit_code == 0
+    doc = json.loads(r.output)
+    assert doc["violations"] == doc["unknown"] == 0 and doc["warnings"] == 1
+    assert doc["files"][0]["stalls"][0]["cause"] == "complete"
+    r = CliRunner().invoke(validate, [str(p)])
+    assert r.exit_code == 0 and "INFO stall: transition of lp to patched blocked for 7.0s" in r.output
+    r = CliRunner().invoke(validate, ["-q", str(p)])
+    assert "INFO" not in r.output
