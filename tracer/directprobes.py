@@ -240,14 +240,21 @@ class DirectProbes:
             try:
                 addrs = self.kprobe_list()
             except OSError:
-                addrs = set()     # no debugfs: preloaded events stay unverified
+                addrs = None      # no debugfs: the preloaded events cannot be verified
+            # functions a preloaded event sits on (for any object: objects share
+            # callback functions); never a second probe on one of them, which
+            # would report each run twice
+            preloaded = {a for obj, i, a in want if (patch, obj, CALLBACKS[i]) in self._cover}
             rest = []
             for obj, i, a in want:
-                if (patch, obj, CALLBACKS[i]) in self._cover and \
-                        any(a <= k <= a + ADDR_SLACK for k in addrs):
+                if a not in preloaded:
+                    rest.append((obj, i, a))
+                elif addrs is None:
+                    continue      # unverified: its silence proves nothing (not live)
+                elif any(a <= k <= a + ADDR_SLACK for k in addrs):
                     live[(patch, obj, i)] = (a, 0)       # armed since the module loaded
                 else:
-                    rest.append((obj, i, a))
+                    rest.append((obj, i, a))   # the kernel shows no probe there: ours by address
         if rest and not self.module_loaded(patch):
             return          # gone already (a refused enable): nothing to probe
         by_addr: dict[int, set[int]] = {}

@@ -153,7 +153,8 @@ class Inference:
                 self.target = "patched" if p.get("enabled") else "unpatched"
         self.enabling: str | None = None             # between init(patched) and start/cancel
         self.reversed = False                        # the next start follows a reverse
-        self.reported: set[tuple[str, str, str]] = set()    # the dedup window
+        # the dedup window: (patch, object, callback) -> the evidence it was reported by
+        self.reported: dict[tuple[str, str, str], str] = {}
         self.step: _Step | None = None
         self.enable_fail: tuple[int, Hold] | None = None    # (pid, hold) awaiting its ret
         self.comings: dict[int, _Coming] = {}        # tid -> the klp_module_coming it is in
@@ -219,18 +220,24 @@ class Inference:
 
     def _callback(self, ts: int, patch: str, obj: str, idx: int, evidence: str, *,
                   ret: int | None = None) -> dict | None:
+        """The window drops a second *source* of one callback (an inferred or
+        core record of what a direct probe reported, or the reverse); two
+        reports by the same probe are two runs, and both are written: the
+        kernel calls each callback once per object per step, so a second
+        call is for the engine to judge (KLP-ONCE-001)."""
         key = (patch, obj, CB_NAMES[idx])
         if evidence == "inferred" and idx in self.core_kinds:
             return None                 # the core probe reports it
-        if key in self.reported:
-            return None                 # already reported in this window
-        self.reported.add(key)
+        seen = self.reported.get(key)
+        if seen is not None and not (seen == evidence and evidence != "inferred"):
+            return None                 # already reported in this window, by another source
+        self.reported[key] = evidence
         rec = ev.callback(0, ts, patch, obj, CB_NAMES[idx], ret=ret, evidence=evidence)
         self._emit(rec)
         return rec
 
     def _clear_window(self, *, patch: str | None = None, obj: str | None = None) -> None:
-        self.reported = {k for k in self.reported
+        self.reported = {k: v for k, v in self.reported.items()
                          if not ((patch is not None and k[0] == patch)
                                  or (obj is not None and k[1] == obj))}
 
@@ -265,12 +272,13 @@ class Inference:
             key = (s.patch, s.obj, CB_NAMES[s.cb])
             if s.direct is not None:
                 recs.append(s.direct)
+                self.reported[key] = "direct"
             elif key in self.reported:
                 continue
             elif not self.coverage.covers(s.patch, s.obj, s.cb, s.addr, step.opened_ns):
                 recs.append(ev.callback(0, s.ts_ns, s.patch, s.obj, CB_NAMES[s.cb],
                                         evidence="inferred"))
-            self.reported.add(key)
+                self.reported[key] = "inferred"
         if expired:
             # out as far as known, with a loss record after it (tracer/holds.py)
             step.hold.records = recs
@@ -431,7 +439,7 @@ class Inference:
             if o.loaded and not o.patched and not o.post_unpatch_enabled:
                 key = (r.patch, o.name, CB_NAMES[PRE])
                 if o.cb[PRE] and key not in self.reported:
-                    self.reported.add(key)
+                    self.reported[key] = "inferred"
                     rec = ev.callback(0, r.ts_ns, r.patch, o.name, CB_NAMES[PRE],
                                       evidence="inferred")
                     self.enable_fail = (r.pid, self.out.hold(
@@ -529,7 +537,7 @@ class Inference:
                     if cbs is None or CB_NAMES[PRE] in cbs:
                         fail = ev.callback(0, r.ts_ns, pname, c.module, CB_NAMES[PRE],
                                            ret=int(r.arg), evidence="inferred")
-                        self.reported.add((pname, c.module, CB_NAMES[PRE]))
+                        self.reported[(pname, c.module, CB_NAMES[PRE])] = "inferred"
                     break
         if c.fail_hold is not None:
             c.fail_hold.resolve([fail] if fail else [])

@@ -118,12 +118,23 @@ def test_preloaded_events_count_where_the_kernel_shows_them_at_the_callback():
     dp.on_enable("lp", objs(), 1)
     dp.drain()
     assert dp.covers("lp", "vmlinux", 0, A[0], since_ns=0)      # since the module loaded
-    # klpt_mod's callbacks share the addresses here, so they are covered by
-    # address; a preloaded event that resolved elsewhere would not count
-    assert dp.covers("lp", "klpt_mod", 1, A[1], since_ns=10)
-    assert not dp.covers("lp", "klpt_mod", 1, A[1], since_ns=1)
+    # klpt_mod's post_patch shares vmlinux's function: the preloaded event covers it
+    assert dp.covers("lp", "klpt_mod", 1, A[1], since_ns=0)
+    assert set(ev.defined.values()) == set(defined_at_start.values())   # nothing added
     dp.stop()
     assert ev.defined == {}
+
+
+def test_a_callback_whose_function_no_preloaded_event_covers_is_probed_by_address():
+    p = _preload()
+    p.callbacks = [c for c in p.callbacks if c.object != "vmlinux" or c.callback != "post_patch"]
+    dp, ev, _ = probes(p, kprobes={A[0], A[2], A[3]})
+    dp.on_enable("lp", objs(), 1)
+    dp.drain()
+    assert not dp.covers("lp", "vmlinux", 1, A[1], since_ns=1)
+    assert dp.covers("lp", "vmlinux", 1, A[1], since_ns=10)
+    assert ("p", f"{A[1]:#x}") in ev.defined.values()
+    dp.stop()
 
 
 def test_a_preloaded_event_the_kernel_does_not_show_is_replaced_by_one_by_address():
@@ -133,4 +144,23 @@ def test_a_preloaded_event_the_kernel_does_not_show_is_replaced_by_one_by_addres
     assert not dp.covers("lp", "vmlinux", 1, A[1], since_ns=1)
     assert dp.covers("lp", "vmlinux", 1, A[1], since_ns=10)
     assert ("p", f"{A[1]:#x}") in ev.defined.values()
+    dp.stop()
+
+
+def test_without_the_kprobe_list_a_preloaded_callback_is_neither_live_nor_probed_twice():
+    ev, ld = Events(), Loader()
+
+    def no_debugfs():
+        raise OSError("no debugfs")
+
+    dp = DirectProbes(ld, _preload(), lambda m: None, events=ev, clock=lambda: 5,
+                      kprobe_list=no_debugfs, module_loaded=lambda m: True)
+    dp.start()
+    before = set(ev.defined.values())
+    dp.on_enable("lp", objs(), 1)
+    dp.drain()
+    assert not dp.covers("lp", "vmlinux", 1, A[1], since_ns=10)
+    # klpt_mod's post_patch has no preloaded event of its own, but shares its
+    # function with vmlinux's: no second probe on it
+    assert set(ev.defined.values()) == before
     dp.stop()

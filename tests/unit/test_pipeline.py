@@ -180,8 +180,6 @@ def test_a_doubled_callback_is_caught_through_the_pipeline(lc, data):
     assert got == expect
 
 
-@pytest.mark.xfail(strict=True, reason="Inference drops a second direct report of the same "
-                   "callback in its window: /work/notes/infer-bugs.md #1")
 @pytest.mark.parametrize("name,cb,ctx", [
     ("target-before-livepatch", ev.PRE_PATCH, rw.CTX_NONE),
     ("module-coming", ev.PRE_PATCH, rw.CTX_COMING),
