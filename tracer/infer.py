@@ -563,11 +563,29 @@ class Inference:
     # --- callbacks themselves -----------------------------------------------------
 
     @staticmethod
-    def _which_cb(o: rw.Obj, ip: int) -> int | None:
-        for i in range(4):
-            if o.cb[i] and 0 <= ip - o.cb[i] <= DIRECT_SLACK:
+    def _which_cbs(o: rw.Obj, ip: int) -> list[int]:
+        """The callbacks of o at the probed address: usually one, but one
+        function may serve several callbacks of an object."""
+        return [i for i in range(4) if o.cb[i] and 0 <= ip - o.cb[i] <= DIRECT_SLACK]
+
+    def _expects_pre_patch(self, r: rw.Raw) -> bool:
+        """A pre_patch runs now: in an enable of this patch, or in a module's
+        coming section on this thread."""
+        return self.enabling == r.patch or r.pid in self.comings
+
+    def _pick(self, r: rw.Raw, cands: list[int]) -> int:
+        """Of several callbacks one function serves: the one the open step
+        waits for, else the first not yet reported in its window."""
+        o = r.objs[0]
+        step = self.step
+        if step is not None:
+            for s in step.slots:
+                if s.direct is None and s.patch == r.patch and s.obj == o.name and s.cb in cands:
+                    return s.cb
+        for i in cands:
+            if (r.patch, o.name, CB_NAMES[i]) not in self.reported:
                 return i
-        return None
+        return cands[0]
 
     def _direct(self, r: rw.Raw, idx: int, ret: int | None) -> None:
         o = r.objs[0]
@@ -587,12 +605,16 @@ class Inference:
         self._callback(r.ts_ns, r.patch, o.name, idx, "direct", ret=ret)
 
     def _on_direct(self, r: rw.Raw) -> None:
-        i = self._which_cb(r.objs[0], r.ip) if r.objs else None
-        if i is not None and i != PRE:   # pre_patch is reported at its return, with the code
-            self._direct(r, i, None)
+        cands = self._which_cbs(r.objs[0], r.ip) if r.objs else []
+        if PRE in cands and (len(cands) == 1 or self._expects_pre_patch(r)):
+            return                      # pre_patch is reported at its return, with the code
+        cands = [i for i in cands if i != PRE]
+        if cands:
+            self._direct(r, self._pick(r, cands), None)
 
     def _on_direct_ret(self, r: rw.Raw) -> None:
-        if r.objs and self._which_cb(r.objs[0], r.ip) == PRE:
+        cands = self._which_cbs(r.objs[0], r.ip) if r.objs else []
+        if PRE in cands and (len(cands) == 1 or self._expects_pre_patch(r)):
             self._direct(r, PRE, int(r.arg))
 
     def _on_core(self, r: rw.Raw) -> None:

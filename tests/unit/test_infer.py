@@ -359,3 +359,27 @@ def test_a_pending_module_record_goes_out_at_exit_with_its_entry_time():
     e = raw(rw.MODULE_GOING, module="m", pid=2)
     out = run([e])             # run() flushes as the daemon does at exit
     assert [(r["type"], r["event"], r["ts_ns"]) for r in out] == [("module", "going", e.ts_ns)]
+
+
+def test_one_function_serving_two_callbacks_is_told_apart_by_the_step():
+    """A livepatch may register one function as both pre_unpatch and
+    post_unpatch of an object: each run is the callback its step waits for."""
+    both = 0x5000
+    cb = (A[0], A[1], both, both)
+    o = lambda **kw: obj("vmlinux", cb=cb, **kw)   # noqa: E731
+    ev = [raw(rw.INIT_TRANSITION, o(), arg=1),
+          raw(rw.DIRECT_RET, o(), arg=0, ip=A[0]),
+          raw(rw.PATCH_OBJECT, o(pue=True)),
+          raw(rw.START_TRANSITION, o(patched=True, pue=True)),
+          raw(rw.COMPLETE, o(patched=True, pue=True)),
+          raw(rw.DIRECT, o(patched=True, pue=True), ip=A[1]),
+          raw(rw.COMPLETE_RET),
+          raw(rw.INIT_TRANSITION, o(patched=True, pue=True), arg=0),
+          raw(rw.DIRECT, o(patched=True, pue=True), ip=both),
+          raw(rw.START_TRANSITION, o(patched=True, pue=True)),
+          raw(rw.COMPLETE, o(pue=True)),
+          raw(rw.DIRECT, o(pue=True), ip=both),
+          raw(rw.COMPLETE_RET)]
+    assert [(c[1], c[3]) for c in cbs(run(ev))] == [
+        ("pre_patch", "direct"), ("post_patch", "direct"),
+        ("pre_unpatch", "direct"), ("post_unpatch", "direct")]
