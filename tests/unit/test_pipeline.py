@@ -160,20 +160,13 @@ def _doubled(m, probes, i, key, nth):
     return violations(found), expect
 
 
-def _reported_once_per_window(probes, i, key) -> bool:
-    """A pre_patch, or a module section's pre_unpatch: Inference reports
-    them once per window whatever the probe says (infer-bugs.md #1)."""
-    return key[2] == ev.PRE_PATCH or (key[2] == ev.PRE_UNPATCH
-                                      and probes.events[i].ctx != rw.CTX_NONE)
-
-
 @SETTINGS
 @given(lifecycles, st.data())
 def test_a_doubled_callback_is_caught_through_the_pipeline(lc, data):
     """A probed callback function that ran twice (its DIRECT event copied):
     caught, with the rules of the model's stream with that record copied."""
     m, probes = played(lc, "direct")
-    cands = [c for c in _ran(probes.events) if not _reported_once_per_window(probes, *c[:2])]
+    cands = _ran(probes.events)
     assume(cands)
     got, expect = _doubled(m, probes, *data.draw(st.sampled_from(cands)))
     assert expect
