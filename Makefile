@@ -57,6 +57,7 @@ bench: setup
 stress: setup
 	KLPT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/unit/test_fuzz_validate.py
 	KLPT_LOSS_EXAMPLES=20000 $(PY) -m pytest -q tests/unit/test_properties.py -k lost
+	KLPT_PROPERTY_EXAMPLES=3000 $(PY) -m pytest -q tests/unit/test_properties.py tests/unit/test_pipeline.py -k "not lost"
 	KLPT_STRESS_CYCLES=200 KLPT_STRESS_FULL=1 $(PY) -m pytest -q tests/stress
 
 docs: setup
