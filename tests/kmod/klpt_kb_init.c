@@ -33,6 +33,7 @@ static int klpt_kb_init(void)
 {
 	unsigned int nr_objs = __stop_klp_objects - __start_klp_objects;
 	struct klp_object *objs;
+	unsigned int i, j;
 
 	if (!nr_objs)
 		return -EINVAL;
@@ -44,7 +45,7 @@ static int klpt_kb_init(void)
 		return -ENOMEM;
 	}
 	patch->objs = objs;
-	for (unsigned int i = 0; i < nr_objs; i++) {
+	for (i = 0; i < nr_objs; i++) {
 		struct klpt_object_ext *ext = &__start_klp_objects[i];
 		struct klp_func *funcs = kcalloc(ext->nr_funcs + 1, sizeof(*funcs), GFP_KERNEL);
 
@@ -52,7 +53,7 @@ static int klpt_kb_init(void)
 			free_patch();
 			return -ENOMEM;
 		}
-		for (unsigned int j = 0; j < ext->nr_funcs; j++) {
+		for (j = 0; j < ext->nr_funcs; j++) {
 			funcs[j].old_name = ext->funcs[j].old_name;
 			funcs[j].new_func = ext->funcs[j].new_func;
 			funcs[j].old_sympos = ext->funcs[j].sympos;

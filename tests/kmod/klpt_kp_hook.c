@@ -31,15 +31,16 @@ static bool same(const char *objname, const char *name)
 
 static struct klp_object *find(struct klp_object *objs, int n, const char *objname)
 {
-	for (int i = 0; i < n; i++)
+	int i;
+
+	for (i = 0; i < n; i++)
 		if (same(objname, objs[i].name))
 			return &objs[i];
 	return NULL;
 }
 
 #define ADD_CALLBACKS(kind, type)							\
-	for (struct klpt_kpatch_callback *c = __kpatch_callbacks_##kind;			\
-	     c < __kpatch_callbacks_##kind##_end; c++) {					\
+	for (c = __kpatch_callbacks_##kind; c < __kpatch_callbacks_##kind##_end; c++) {	\
 		struct klp_object *o = find(objs, nobjs, c->objname);			\
 		if (!o || o->callbacks.kind)						\
 			goto err;		/* kpatch: "extra callback for object" */	\
@@ -48,7 +49,9 @@ static struct klp_object *find(struct klp_object *objs, int n, const char *objna
 
 static void free_patch(struct klp_object *objs, int nobjs)
 {
-	for (int i = 0; i < nobjs; i++)
+	int i;
+
+	for (i = 0; i < nobjs; i++)
 		kfree(objs[i].funcs);
 	kfree(objs);
 	kfree(lpatch);
@@ -58,13 +61,15 @@ static void free_patch(struct klp_object *objs, int nobjs)
 static int klpt_kp_init(void)
 {
 	struct klp_object *objs;
+	struct klpt_kpatch_callback *c;
+	struct klpt_kpatch_func *f;
 	int nobjs = 0;
 
 	lpatch = kzalloc(sizeof(*lpatch), GFP_KERNEL);
 	objs = kcalloc(KLPT_KP_MAX_OBJS + 1, sizeof(*objs), GFP_KERNEL);
 	if (!lpatch || !objs)
 		goto err;
-	for (struct klpt_kpatch_func *f = __kpatch_funcs; f < __kpatch_funcs_end; f++) {
+	for (f = __kpatch_funcs; f < __kpatch_funcs_end; f++) {
 		struct klp_object *o = find(objs, nobjs, f->objname);
 		int n = 0;
 

@@ -8,8 +8,17 @@
 #include <linux/module.h>
 #include <linux/kernel.h>
 
-/* noinline: livepatch needs a real, ftrace-able function to redirect. */
-static noinline int klpt_mod_answer(void)
+/* Livepatch needs a real, ftrace-able function to redirect: not inlined, and
+ * not folded away by interprocedural analysis either (gcc 16, Debian sid,
+ * deleted a static noinline function that returns a constant and folded its
+ * one call; the kernel then found no symbol klpt_mod_answer to patch). */
+#if defined(__has_attribute) && __has_attribute(__noipa__)
+#define klpt_keep __attribute__((__noipa__))
+#else
+#define klpt_keep noinline
+#endif
+
+static klpt_keep int klpt_mod_answer(void)
 {
 	return 42;
 }
