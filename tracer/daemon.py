@@ -333,8 +333,10 @@ class Daemon:
             if server is not None:
                 server.close()
             return xc.ATTACH_FAILED
+        tm = getattr(loader, "timing", {})
         log(f"BPF compiled and loaded in {time.monotonic() - t0:.1f}s "
-            f"(struct offsets from {loader.layout})")
+            f"(bcc import {tm.get('import_s', 0):.1f}s, compile {tm.get('compile_s', 0):.1f}s; "
+            f"struct offsets from {loader.layout})")
         preload = self.preload = modsyms.Preload(self.preload_paths)
         if self.discover_dirs is not None:
             from . import discover

@@ -79,7 +79,10 @@ class Loader:
                     libc.madvise(lo, hi - lo, MADV_DONTNEED)
 
     def __init__(self, on_event, ring_pages: int = DEFAULT_RING_PAGES):
+        import time
+        t0 = time.monotonic()
         from bcc import BPF  # the one bcc import; tracer.runcmd maps ImportError to NO_BCC
+        t1 = time.monotonic()
         self._BPF = BPF
         self.cflags, self.layout = struct_cflags()   # layout: where the offsets came from
         # KLPT_WAKEUP=every: wake the daemon at every event, as before
@@ -89,6 +92,9 @@ class Loader:
         self.bpf = BPF(src_file=str(SOURCE).encode(),
                        cflags=[f"-I{BPF_DIR}", "-Wno-unused-function",
                                f"-DKLPT_RING_PAGES={int(ring_pages)}"] + self.cflags)
+        # where start-up goes (docs/benchmarks.md): importing bcc (loading
+        # libbcc and LLVM), compiling, then loading programs into the kernel
+        self.timing = {"import_s": t1 - t0, "compile_s": time.monotonic() - t1}
         self._on_event = on_event
         snap = self.bpf["snap"]   # the tail-called snapshot programs (see klptrace.bpf.c)
         for i, name in enumerate(("do_snap_patch", "do_snap_obj")):
