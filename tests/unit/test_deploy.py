@@ -99,6 +99,8 @@ def test_dashboard_and_rules_use_only_exported_metrics():
     used = set()
     for e in _exprs():
         used |= set(re.findall(r"\bklptrace_[a-z_]+", e))
+    # the annotations' queries too (KlptraceTransitionStalled names the functions)
+    used |= set(re.findall(r"\bklptrace_[a-z_]+", RULES.read_text()))
     assert used, "no metric found in the dashboard or rules"
     assert used <= known, used - known
 
@@ -147,3 +149,24 @@ def test_unit_starts_before_kpatch_without_an_ordering_cycle():
     after = " ".join(re.findall(r"^After=(.*)$", text, re.M))
     assert "network" not in after, after
     assert "--no-discover" not in text
+
+
+def test_the_stall_alert_names_the_blocking_functions():
+    """Its annotations query the blocking-function gauge of the alert's own
+    instance and patch (promtool test rules checks what they render)."""
+    import yaml
+    rules = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    ann = rules["KlptraceTransitionStalled"]["annotations"]
+    for key in ("blocking_functions", "description"):
+        assert "klptrace_transition_blocking_function_tasks{" in ann[key], key
+        assert "$labels.instance" in ann[key] and "$labels.patch" in ann[key], key
+    assert "klptrace_transition_blocked_tasks{" in ann["blocked_tasks"]
+
+
+def test_optional_probe_points_never_alert():
+    import yaml
+    rules = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    assert 'required!="false"' in rules["KlptraceProbeNotAttached"]["expr"]
+    dash = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dash["panels"] if p["title"] == "Probes not attached"]
+    assert 'required!="false"' in panel["targets"][0]["expr"]
