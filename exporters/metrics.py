@@ -409,8 +409,8 @@ class StallCollector:
         if st.patch and st.opened_ns is not None:
             age = max(0, self._clock() - st.opened_ns) / 1e9
         yield self._one("transition_open_seconds",
-                        "Age of the open livepatch transition (since its start); 0 with "
-                        "patch=\"\" when none is open or its start was before the daemon.",
+                        "Age of the open livepatch transition (since its start, or since the "
+                        "daemon started if that was later); 0 with patch=\"\" when none is open.",
                         patch, age)
         yield self._one("transition_sweeps",
                         "Sweeps over the tasks in the open transition's direction "

@@ -35,8 +35,9 @@ Invariants:
   records, written when either number first becomes non-zero and each time
   it doubles; one `signalled` record (the first time the kernel signals the
   remaining tasks), one `cleared` at the end. So a direction writes at most
-  64 * 5 + 2 + 2 * 13 = 348 records, however many tasks retry however
-  often. Every task record the bound keeps out is counted
+  64 * 5 + 2 records plus one `overflow` per doubling (at most 13 for
+  unlisted blockers, which the 4096-entry table bounds), however many tasks
+  retry however often. Every task record the bound keeps out is counted
   (``records_suppressed``); the state, and so the metrics, counts every
   blocker.
 * Records go out through the inference's output queue (``emit``), which
@@ -113,7 +114,8 @@ class StallState:
     """The open transition and its blockers, as of the last poll."""
     patch: str | None = None            # None: no transition open
     target: str | None = None
-    opened_ns: int | None = None        # its `start` (None: began before the daemon)
+    opened_ns: int | None = None        # its `start` (the daemon's, if it began before)
+    before_daemon: bool = False         # it was open when the daemon started
     source: str = "proc"
     sweeps: int = 0                     # sweeps of this direction (BPF sources)
     signals: int = 0                    # times the kernel signalled the remaining tasks
@@ -129,6 +131,7 @@ class StallState:
         return {"patch": self.patch, "target": self.target, "opened_ns": self.opened_ns,
                 "source": self.source, "sweeps": self.sweeps, "signals": self.signals,
                 "forced": self.forced, "reversed": self.reversed, "as_of_ns": self.as_of_ns,
+                "before_daemon": self.before_daemon,
                 "blockers": [t.to_json() for t in self.blockers[:limit]],
                 "blockers_total": len(self.blockers)}
 
@@ -161,6 +164,7 @@ class _Direction:
     current: dict = field(default_factory=dict)     # (key, pid) -> Task
     forced: bool = False
     reversed: bool = False
+    before_daemon: bool = False  # open when the daemon started: opened_ns is its start
     unlisted_written: int = 0   # unlisted blockers when the last overflow record went out
     untracked_written: int = 0  # ... and failed checks the table had no room for
     untracked_base: int | None = None   # the table's overflow counter when this began
@@ -189,8 +193,10 @@ class StallTracker:
         self._queue: list[dict] = []
         self._dir: _Direction | None = None
         if open_at_start is not None:
-            # the daemon started inside a transition: its start is not known
-            self._dir = _Direction(open_at_start[0], open_at_start[1], 0, None)
+            # the daemon started inside a transition: its start is not known;
+            # its age counts from now (a lower bound, said so)
+            self._dir = _Direction(open_at_start[0], open_at_start[1], 0, self._clock(),
+                                   before_daemon=True)
         self._functions: dict[tuple[int, int], str | None] = {}     # proc lookups, per task
         self.untracked_checks = 0
         self.records_suppressed = 0
@@ -236,7 +242,7 @@ class StallTracker:
                 return False
             self._end(d, ts, "reverse")
             self._dir = _Direction(d.patch, rec["target"], ts, d.opened_ns,
-                                   forced=d.forced, reversed=True)
+                                   forced=d.forced, reversed=True, before_daemon=d.before_daemon)
         elif e == "force":
             if d is None:
                 return False
@@ -411,7 +417,7 @@ class StallTracker:
             self.state = StallState(
                 patch=d.patch, target=d.target, opened_ns=d.opened_ns, sweeps=d.sweeps,
                 signals=d.signals, forced=d.forced, reversed=d.reversed,
-                blockers=tuple(sorted(d.current.values(), key=lambda t: (t.since_ns, t.pid))),
+                before_daemon=d.before_daemon, blockers=tuple(sorted(d.current.values(), key=lambda t: (t.since_ns, t.pid))),
                 **common)
         if self._on_change is not None:
             try:

@@ -116,7 +116,9 @@ def format_text(doc: dict) -> str:
              + f", as of {_age(doc.get('as_of_ns'), now)} ago" if doc["from"] == "daemon"
              else "read from /proc now (no daemon: no reason, no since)")
     if doc.get("opened_ns") is not None:
-        head = f"transition of {doc['patch']} to {doc['target']}: open for {_age(doc['opened_ns'], now)}"
+        at_least = "at least " if doc.get("before_daemon") else ""
+        head = (f"transition of {doc['patch']} to {doc['target']}: open for "
+                f"{at_least}{_age(doc['opened_ns'], now)}")
     else:
         head = f"transition of {doc['patch']} to {doc['target']}: open (since when: the daemon knows)"
     if doc["from"] == "daemon":

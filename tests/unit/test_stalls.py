@@ -281,6 +281,8 @@ def test_the_daemon_started_inside_a_transition_reads_it():
     table.sweep(3 * S, WORKER)
     t.tick(3 * S + 10, "lp")
     assert out and out[0]["event"] == "blocked" and t.state.patch == "lp"
+    # its age counts from the daemon's start (clock 0 here), and says so
+    assert t.state.opened_ns == 0 and t.state.before_daemon
 
 
 def test_on_change_sees_every_new_state():
