@@ -1,12 +1,19 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The body of klpt_cum1, klpt_cum2 and klpt_cum3: three releases of one
- * cumulative livepatch (replace = true), the way kpatch-build and the
- * distributions ship them: each release carries every fix so far and
- * atomically replaces whichever release is enabled, and a fleet rolls back by
- * loading the older release again. Same layout in all three (names of equal
- * length), so a release loaded after another was unloaded may land at its
- * addresses. Objects, in order: vmlinux, klpt_mod; all four callbacks each.
+ * The body of the releases of one fix, as fleets ship them:
+ *
+ * - klpt_up1, klpt_up2 (KLPT_REPLACE false): version 1 and version 2 of one
+ *   fix, upgraded by disabling and unloading v1, then loading v2;
+ * - klpt_cum1, klpt_cum2, klpt_cum3 (KLPT_REPLACE true): releases of one
+ *   cumulative livepatch, the way kpatch-build and the distributions ship
+ *   them: each carries every fix so far and atomically replaces whichever
+ *   release is enabled, and a fleet rolls back by loading an older one again.
+ *
+ * Every release includes this file unchanged and the names of a series have
+ * the same length, so its modules have the same layout: a release loaded
+ * after another was unloaded lands at its addresses, and its callbacks run
+ * where the other's ran. Objects, in order: vmlinux, klpt_mod; all four
+ * callbacks each.
  */
 #include <linux/module.h>
 #include <linux/kernel.h>
@@ -25,7 +32,7 @@ static int livepatch_cmdline_proc_show(struct seq_file *m, void *v)
 
 static int livepatch_klpt_mod_answer(void)
 {
-	return 44;
+	return 43;
 }
 
 static struct klp_func vmlinux_funcs[] = {
@@ -47,19 +54,19 @@ static struct klp_object objs[] = {
 static struct klp_patch patch = {
 	.mod = THIS_MODULE,
 	.objs = objs,
-	.replace = true,
+	.replace = KLPT_REPLACE,
 };
 
-static int klpt_cum_init(void)
+static int klpt_release_init(void)
 {
 	return klp_enable_patch(&patch);
 }
 
-static void klpt_cum_exit(void)
+static void klpt_release_exit(void)
 {
 }
 
-module_init(klpt_cum_init);
-module_exit(klpt_cum_exit);
+module_init(klpt_release_init);
+module_exit(klpt_release_exit);
 MODULE_LICENSE("GPL");
 MODULE_INFO(livepatch, "Y");
