@@ -113,8 +113,8 @@ def format_text(doc: dict) -> str:
         lines.append("no transition open")
         return "\n".join(lines)
     where = ("from the klptrace daemon" + (f" (pid {doc['daemon_pid']})" if doc.get("daemon_pid") else "")
-             + f", as of {_age(doc.get('as_of_ns'), now)} ago" if doc["from"] == "daemon"
-             else "read from /proc now (no daemon: no reason, no since)")
+             + f" as of {_age(doc.get('as_of_ns'), now)} ago" if doc["from"] == "daemon"
+             else "read from /proc now (without the daemon: no reason, no since)")
     if doc.get("opened_ns") is not None:
         at_least = "at least " if doc.get("before_daemon") else ""
         head = (f"transition of {doc['patch']} to {doc['target']}: open for "
@@ -131,9 +131,9 @@ def format_text(doc: dict) -> str:
     blockers = doc.get("blockers") or []
     total = doc.get("blockers_total", len(blockers))
     if not total:
-        lines.append(f"blockers: none known ({where})")
+        lines.append(f"blockers: none known, {where}")
         return "\n".join(lines)
-    lines.append(f"blockers: {total} ({where}):")
+    lines.append(f"blockers: {total}, {where}:")
     rows = [("PID", "TGID", "COMM", "KIND", "REASON", "FUNCTION", "SINCE")]
     for b in blockers[:SHOWN]:
         kind = "kthread" if b.get("kthread") else "user"

@@ -37,7 +37,7 @@ def test_direct_read_names_the_blocker_and_its_function(tmp_path):
     assert r.exit_code == 0, r.output
     assert "lp  enabled, in transition to patched" in r.output
     assert "transition of lp to patched: open (since when: the daemon knows)" in r.output
-    assert "blockers: 1 (read from /proc now" in r.output
+    assert "blockers: 1, read from /proc now" in r.output
     row = next(l for l in r.output.splitlines() if l.strip().startswith("50 "))
     assert "kworker/1:2" in row and "kthread/S" in row and "klpt_busy_work_func" in row
     assert "bash" not in r.output                    # switched already (patch_state 1)
