@@ -107,3 +107,134 @@ case_faults() {
 	validate faults /run/tiny/t.jsonl
 	umount /run/tiny
 }
+
+# --- 4. a stalled transition explained, scraped by a real Prometheus ---------------
+# KLPT_PROM: the host-written directory (tests/kernel/promlab.py) with
+# prometheus.yml (scrapes 127.0.0.1:19557 every second, loads rules.yml: the
+# shipped rules with every `for:` shortened), exprs.json (the dashboard's
+# PromQL) and KLPT_PROMETHEUS, the prometheus binary.
+
+# prom_get PATH?QUERY: Prometheus's HTTP API, the JSON answer on one line
+prom_get() {
+	python3 - "$1" <<'PY'
+import sys, urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:9090" + sys.argv[1], timeout=10).read().decode())
+PY
+}
+
+# prom_alerts: the alerts Prometheus holds now (pending and firing), one per line
+prom_alerts() {
+	prom_get /api/v1/alerts | python3 -c '
+import json, sys
+for a in json.load(sys.stdin)["data"]["alerts"]:
+    print(json.dumps({"name": a["labels"]["alertname"], "state": a["state"],
+                      "labels": a["labels"], "annotations": a["annotations"]}))'
+}
+
+# prom_wait_alert NAME STATE: until alert NAME is firing (STATE firing) or
+# held in no state at all (STATE none); 1 after the step timeout
+prom_wait_alert() {
+	python3 - "$1" "$2" "$KLPT_STEP_TIMEOUT" <<'PY'
+import json, sys, time, urllib.request
+name, want, limit = sys.argv[1], sys.argv[2], time.time() + float(sys.argv[3])
+while time.time() < limit:
+    alerts = json.load(urllib.request.urlopen("http://127.0.0.1:9090/api/v1/alerts", timeout=10))
+    states = {a["state"] for a in alerts["data"]["alerts"] if a["labels"]["alertname"] == name}
+    if ("firing" in states) if want == "firing" else not states:
+        sys.exit(0)
+    time.sleep(0.5)
+sys.exit(1)
+PY
+}
+
+# metric_pos NAME_REGEX: the daemon's samples matching it add up to more than 0
+metric_pos() {
+	local v; v=$(metric "$1")
+	[[ $v != 0 && $v != 0.0 ]]
+}
+
+# prom_exprs MODE: every dashboard expression, instant (now) or range (since
+# Prometheus started): {"expr": number of series} as JSON
+prom_exprs() {
+	python3 - "$KLPT_PROM/exprs.json" "$1" "$PROM_T0" <<'PY'
+import json, sys, time, urllib.parse, urllib.request
+exprs, mode, t0 = json.load(open(sys.argv[1])), sys.argv[2], float(sys.argv[3])
+out = {}
+for e in exprs:
+    q = {"query": e}
+    if mode == "range":
+        q.update(start=str(t0), end=str(time.time()), step="2")
+    url = "http://127.0.0.1:9090/api/v1/" + ("query_range" if mode == "range" else "query")
+    doc = json.load(urllib.request.urlopen(url + "?" + urllib.parse.urlencode(q), timeout=20))
+    out[e] = len(doc["data"]["result"]) if doc["status"] == "success" else -1
+print(json.dumps(out))
+PY
+}
+
+# stall_scrape: the stall families and the transition gauge from the daemon
+stall_scrape() {
+	python3 -c '
+import urllib.request
+for l in urllib.request.urlopen("http://127.0.0.1:19557/metrics", timeout=10).read().decode().splitlines():
+    if l.startswith(("klptrace_transition_b", "klptrace_transition_open", "klptrace_transition_s",
+                     "klptrace_livepatch_in_transition", "klptrace_stall_")):
+        print(l)'
+}
+
+case_stall() {
+	mkdir -p /run/prom-data
+	PROM_T0=$(date +%s)
+	"$KLPT_PROMETHEUS" --config.file="$KLPT_PROM/prometheus.yml" --storage.tsdb.path=/run/prom-data \
+		--web.listen-address=127.0.0.1:9090 > /run/prometheus.log 2>&1 &
+	local prom=$!
+	start stall || { kill $prom; return 1; }
+	loop_until 'prom_get "/api/v1/query?query=up%7Bjob%3D%22klptrace%22%7D%3D%3D1" | grep -q "\"value\""' ||
+		{ echo "@@prom_not_scraping=1"; cat /run/prometheus.log; }
+	# a healthy host: one whole cycle, then no shipped alert may be pending or firing
+	cycle
+	sleep 8
+	echo "@@alerts_healthy<<"; prom_alerts; echo "@@>>"
+	# the stall: klpt_busy's worker sleeps in klpt_busy_work_func, which klpt_lp patches
+	load_mod klpt_busy sleep_secs=600
+	local t_stall=$SECONDS
+	load_lp_nowait klpt_lp
+	loop_until 'metric_pos "klptrace_transition_blocking_function_tasks\{.*function=\"klpt_busy_work_func\""' ||
+		echo "@@stall_not_seen=1"
+	echo "@@stall_seen_after=$((SECONDS - t_stall))"
+	echo "@@scrape_stall<<"; stall_scrape; echo "@@>>"
+	echo "@@status<<"; $KLPT status; echo "@@rc_status=$?"; echo "@@>>"
+	echo "@@status_direct<<"; $KLPT status --direct; echo "@@>>"
+	echo "@@status_json<<"; $KLPT status --format json; echo "@@>>"
+	prom_wait_alert KlptraceTransitionStalled firing && echo "@@stall_alert_after=$((SECONDS - t_stall))"
+	echo "@@alerts_stall<<"; prom_alerts; echo "@@>>"
+	echo "@@dashboard_stall<<"; prom_exprs instant; echo "@@>>"
+	# the worker leaves the function: klpt_busy's exit wakes it; the next sweep completes
+	local t_leave=$SECONDS
+	unload_mod klpt_busy
+	wait_no_transition klpt_lp
+	echo "@@completed_after_leave=$((SECONDS - t_leave))"
+	prom_wait_alert KlptraceTransitionStalled none && echo "@@resolved_after_leave=$((SECONDS - t_leave))"
+	sleep 2
+	echo "@@scrape_after<<"; stall_scrape; echo "@@>>"
+	echo "@@status_after<<"; $KLPT status; echo "@@>>"
+	echo "@@dashboard_range<<"; prom_exprs range; echo "@@>>"
+	disable_lp klpt_lp; unload_lp klpt_lp
+	sleep 8
+	echo "@@alerts_healthy_after<<"; prom_alerts; echo "@@>>"
+	echo "@@stall_hits<<"; metric_lines 'klptrace_probe_hits_total\{program="stall'; echo "@@>>"
+	kill $prom; wait $prom 2>/dev/null
+	stop stall
+	echo "@@stall_records<<"; grep '"type":"stall"' /run/stall.jsonl; echo "@@>>"
+	validate stall
+	echo "@@validate_text_stall<<"; $KLPT validate /run/stall.jsonl; echo "@@>>"
+}
+
+# metric_lines NAME_REGEX: the daemon's samples matching it, as they are
+metric_lines() {
+	python3 - "$1" <<'PY'
+import re, sys, urllib.request
+for l in urllib.request.urlopen("http://127.0.0.1:19557/metrics", timeout=10).read().decode().splitlines():
+    if l and not l.startswith("#") and re.match(sys.argv[1], l):
+        print(l)
+PY
+}
