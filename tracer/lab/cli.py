@@ -113,7 +113,22 @@ def _describe(rec: dict) -> str:
         return f"module     {rec['module']} {rec['event']}"
     if t == "loss":
         return f"LOSS       {rec['count']} records lost"
+    if t == "stall":
+        return _describe_stall(rec)
     return f"{t} {rec}"
+
+
+def _describe_stall(rec: dict) -> str:
+    """A stall record: who blocks the transition, why, on which function."""
+    head = f"stall      {rec['patch']} -> {rec['target']} {rec['event']}:"
+    if "pid" in rec:
+        kind = "kthread " if rec.get("kthread") else ""
+        fn = f" in {rec['function']}" if rec.get("function") else ""
+        return f"{head} {kind}{rec['comm']} (pid {rec['pid']}) {rec['reason']}{fn}"
+    if rec["event"] == "cleared":
+        return f"{head} the transition ended ({rec.get('cause')}) after " \
+               f"{rec.get('sweeps', 0)} sweep(s), with {rec.get('tasks', 0)} task(s) blocking"
+    return f"{head} {rec.get('tasks', 0)} task(s)"
 
 
 @lab.command()
@@ -130,6 +145,7 @@ def demo(kernel: str | None, only: str | None, out_dir: str, preload: bool) -> N
     import json
     import os
 
+    from .. import stallsummary
     from ..report import format_finding
     from ..validate_cmd import validate_file
     from .runner import run_scenarios
@@ -161,6 +177,8 @@ def demo(kernel: str | None, only: str | None, out_dir: str, preload: bool) -> N
                    f"kernel-log ground truth {gt} the expected sequence")
         for f in res.findings:
             click.echo(format_finding(f))
+        for line in stallsummary.format_text(res.stalls):
+            click.echo(line)
     click.echo("\n" + run.summary())
     click.echo(f"traces, kernel logs and the daemon's scraped metrics are in {out_dir}/")
     if not run.ok or violations:
