@@ -37,7 +37,7 @@ lab-sid: setup
 	KLPT_KERNEL=sid $(PY) -m pytest -q -m kernel
 
 # The lab tests (those of `make test-kernel`) on all four kernel lines in turn;
-# fails at the end if any line failed. Several hours under TCG on 2 cores.
+# fails at the end if any line failed. About 2-3 hours under TCG on 2 cores.
 LAB_KERNELS := stable 6.12 5.10 sid
 lab-all: setup
 	@failed=; for k in $(LAB_KERNELS); do \
