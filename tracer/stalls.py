@@ -21,10 +21,12 @@ Invariants:
   inference's transition patch, and the tables are read only while it is
   set, after each sweep the kernel completes (about once a second) or every
   ``READ_EVERY_NS`` at the latest.
-* A task is a *blocker* once its checks failed in two sweep windows
-  (``MIN_WINDOWS``): the kernel gave it a whole retry. Tasks that are merely
-  on a CPU at the first sweep (idle tasks, the enabling process) switch at
-  their next idle loop or kernel exit and are never reported. An entry that
+* A task is a *blocker* once its checks failed in three sweep windows
+  (``MIN_WINDOWS``): the kernel retried it twice, about two seconds. Tasks
+  that are merely on a CPU at a sweep (idle tasks, the enabling process, a
+  kthread busy at that moment) switch at their next idle loop, kernel exit
+  or sleep and are not reported: the lab saw rcu_preempt `running` at two
+  sweeps in a row of a healthy transition, never at three. An entry that
   the last completed sweep did not check has switched (or exited): the sweep
   checks every task that has not.
 * Bounded output, never silent: per transition direction at most
@@ -59,7 +61,7 @@ from . import events as ev
 from . import procstall
 from . import rawevents as rw
 
-MIN_WINDOWS = 2
+MIN_WINDOWS = 3
 MAX_LISTED = 64
 MAX_RECORDS_PER_TASK = 4
 READ_EVERY_NS = 1_000_000_000        # at the latest, when no sweep completed (a long sweep)

@@ -54,7 +54,10 @@ def daemon_run(lab_means, lab_out_dir):
            "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; "
            "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug; ")
     cases = ("quiet", "midway", "faults", "stall")
-    results, dmesg = vm.run_commands(kernel, [pre + f"case_{c}" for c in cases], timeout=2400)
+    # outputs land in lab-out/daemon-KERNEL/guest/N.out as the cases run: a run
+    # ended by the time limit still shows how far each case got
+    results, dmesg = vm.run_commands(kernel, [pre + f"case_{c}" for c in cases], timeout=2400,
+                                     keep_dir=out_dir / "guest")
     got, outs = {}, {}
     for c, r in zip(cases, results):
         outs[c] = r.output
@@ -150,7 +153,7 @@ def test_the_stall_is_named_in_the_trace(daemon_run):
     assert (w["patch"], w["target"], w["reason"], w["function"], w["kthread"]) == \
         ("klpt_lp", "patched", "sleeping_on_function", "klpt_busy_work_func", True), w
     assert w["comm"].startswith("kworker/") and w["pid"] > 0, w
-    # nothing else blocked it for two sweeps: idle tasks and the enabling insmod switch at once
+    # nothing else blocked it for three sweeps: idle tasks and the enabling insmod switch at once
     assert {r["pid"] for r in blocked} == {w["pid"]}, blocked
     (cleared,) = [r for r in recs if r["event"] == "cleared"]
     assert cleared["cause"] == "complete" and cleared["seq"] > w["seq"], cleared

@@ -125,9 +125,10 @@ def test_a_task_on_a_patched_function_is_named_and_its_switch_written():
     table = Table()
     t, out = tracker(table)
     open_transition(t)
+    table.sweep(S + S // 2, WORKER)
     table.sweep(2 * S, WORKER)
     t.tick(2 * S + 10, "lp")
-    assert out == []                    # one window: not yet a blocker
+    assert out == []                    # two windows: not yet a blocker
     table.sweep(3 * S, WORKER)
     t.tick(3 * S + 10, "lp")
     (rec,) = out
@@ -136,9 +137,9 @@ def test_a_task_on_a_patched_function_is_named_and_its_switch_written():
             rec["kthread"], rec["patch"], rec["target"]) == \
         ("blocked", 42, "kworker/0:1", "sleeping_on_function", "klpt_busy_work_func", True,
          "lp", "patched")
-    assert rec["since_ns"] == 2 * S + 1       # its first failed check
+    assert rec["since_ns"] == S + S // 2 + 1    # its first failed check
     (b,) = t.state.blockers
-    assert b.function == "klpt_busy_work_func" and t.state.sweeps == 2
+    assert b.function == "klpt_busy_work_func" and t.state.sweeps == 3
     # the same again: nothing new
     table.sweep(4 * S, WORKER)
     t.tick(4 * S + 10, "lp")
@@ -163,6 +164,7 @@ def test_an_entry_the_last_sweep_did_not_check_has_switched():
     t, out = tracker(table)
     open_transition(t)
     two = {**WORKER, 0xC: (77, "bash", EBUSY, "", False)}
+    table.sweep(S + S // 2, two)
     table.sweep(2 * S, two)
     table.sweep(3 * S, two)
     t.tick(3 * S + 10, "lp")
@@ -223,7 +225,8 @@ def test_a_reason_that_keeps_changing_is_bounded_per_task():
     blocked = [r for r in out if r["event"] == "blocked"]
     assert len(blocked) == st.MAX_RECORDS_PER_TASK
     assert {r["reason"] for r in blocked} == {"running", "sleeping_on_function"}
-    assert t.state.records_suppressed == 19 - st.MAX_RECORDS_PER_TASK
+    # reported from the MIN_WINDOWS-th sweep on; each later sweep changes the reason
+    assert t.state.records_suppressed == 20 - (st.MIN_WINDOWS - 1) - st.MAX_RECORDS_PER_TASK
     assert t.state.blockers[0].reason == ("running" if 19 % 2 else "sleeping_on_function")
 
 
@@ -231,6 +234,7 @@ def test_a_reverse_clears_the_old_direction_and_starts_afresh():
     table = Table()
     t, out = tracker(table)
     open_transition(t)
+    table.sweep(S + S // 2, WORKER)
     table.sweep(2 * S, WORKER)
     table.sweep(3 * S, WORKER)
     t.tick(3 * S + 10, "lp")
@@ -258,6 +262,7 @@ def test_stale_entries_of_an_earlier_transition_are_not_blockers():
     table = Table()
     t, out = tracker(table)
     open_transition(t)
+    table.sweep(S + S // 2, WORKER)
     table.sweep(2 * S, WORKER)
     table.sweep(3 * S, WORKER)
     t.tick(3 * S + 10, "lp")
@@ -277,6 +282,7 @@ def test_stale_entries_of_an_earlier_transition_are_not_blockers():
 def test_the_daemon_started_inside_a_transition_reads_it():
     table = Table()
     t, out = tracker(table, open_at_start=("lp", "patched"))
+    table.sweep(S + S // 2, WORKER)
     table.sweep(2 * S, WORKER)
     table.sweep(3 * S, WORKER)
     t.tick(3 * S + 10, "lp")
@@ -290,6 +296,7 @@ def test_on_change_sees_every_new_state():
     table = Table()
     t, _ = tracker(table, on_change=seen.append)
     open_transition(t)
+    table.sweep(S + S // 2, WORKER)
     table.sweep(2 * S, WORKER)
     table.sweep(3 * S, WORKER)
     t.tick(3 * S + 10, "lp")
@@ -331,9 +338,10 @@ def test_the_proc_source_names_a_blocker_and_its_function(tmp_path):
     t = st.StallTracker(out.append, source="proc", proc_root=str(proc), sysfs_root=str(sysfs))
     open_transition(t)
     t.tick(2 * S, "lp")                          # open for less than 2 s: no scan yet
-    t.tick(4 * S, "lp")                          # first scan: seen once
-    assert out == []
-    t.tick(10 * S, "lp")                         # second scan: a blocker
+    for k in range(st.MIN_WINDOWS - 1):          # first scans: seen, not yet a blocker
+        t.tick((4 + 6 * k) * S, "lp")
+        assert out == []
+    t.tick((4 + 6 * (st.MIN_WINDOWS - 1)) * S, "lp")     # a blocker
     (rec,) = out
     assert (rec["pid"], rec["reason"], rec["function"], rec["kthread"]) == \
         (50, "not_switched", "klpt_busy_work_func", True)
@@ -394,6 +402,7 @@ def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
     vm = rw.Obj("vmlinux", (0, 0, 0, 0))
     d.inference.feed(rw.Raw(rw.INIT_TRANSITION, 1 * S, patch="lp", arg=1, pid=5, objs=[vm]))
     d.inference.feed(rw.Raw(rw.START_TRANSITION, 1 * S + 5, pid=5, objs=[vm]))
+    table.sweep(S + S // 2, WORKER)
     table.sweep(2 * S, WORKER)
     table.sweep(3 * S, WORKER)
     d._tick()
