@@ -52,7 +52,10 @@ cycle() {   # one enable/disable cycle of klpt_lp with klpt_mod loaded
 # --- 1. quiet host, then a patched function on the hot path -----------------------
 case_quiet() {
 	start quiet --preload $KLPT_KMOD/klpt_lp.ko || return
-	ls -R /usr > /dev/null; dd if=/dev/zero of=/dev/null bs=1M count=200 2>/dev/null; sleep 2
+	# a host at work that loads no livepatch: files, processes, memory
+	find /usr/lib/python3 -maxdepth 3 > /dev/null
+	for i in $(seq 1 50); do /bin/true; done
+	dd if=/dev/zero of=/dev/null bs=1M count=200 2>/dev/null; sleep 2
 	echo "@@quiet_hits=$(metric 'klptrace_probe_hits_total')"
 	load_mod klpt_mod; load_lp klpt_lp
 	sleep 1

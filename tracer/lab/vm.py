@@ -220,29 +220,43 @@ class CommandResult:
 
 def run_commands(kernel: Kernel, commands: list[str], *, timeout: float = 600,
                  on_line: Callable[[str], None] | None = None,
-                 cpus: int = CPUS) -> tuple[list[CommandResult], str]:
+                 cpus: int = CPUS, keep_dir: Path | None = None
+                 ) -> tuple[list[CommandResult], str]:
     """Boot once (with `cpus` vCPUs), run each shell command in turn; return
-    their results and the guest's kernel log."""
+    their results and the guest's kernel log. With `keep_dir`, the commands'
+    outputs are written there as they run (N.out, N.rc) and stay, also when a
+    time limit ends the run: a failing test leaves what the guest printed."""
+    if keep_dir is not None:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        for f in keep_dir.glob("*.out"):
+            f.unlink()
+        return _run_commands(kernel, commands, Path(keep_dir), timeout, on_line, cpus)
     with tempfile.TemporaryDirectory(prefix="klpt-lab-cmd-", dir="/tmp") as d:
-        run = Path(d)
-        script = ["#!/bin/bash"]
-        for i, c in enumerate(commands):
-            script.append(f"( {c} ) > {run}/{i}.out 2>&1; echo $? > {run}/{i}.rc")
-        script.append(f"dmesg > {run}/dmesg")
-        (run / "run.sh").write_text("\n".join(script) + "\n")
-        wd = DeadlineWatchdog(timeout, f"guest commands not done after {timeout:.0f}s")
-        if on_line is not None:
-            wd.on_line = on_line  # type: ignore[method-assign]
-        run_guest(kernel, f"bash {run}/run.sh", rwdirs=(run,), console_log=run / "console.log",
-                  watchdog=wd, cpus=cpus)
-        results = []
-        for i, c in enumerate(commands):
-            rc_file = run / f"{i}.rc"
-            rc = int(rc_file.read_text()) if rc_file.exists() else -1
-            out = (run / f"{i}.out").read_text(errors="replace") if (run / f"{i}.out").exists() else ""
-            results.append(CommandResult(c, rc, out))
-        dmesg = (run / "dmesg").read_text(errors="replace") if (run / "dmesg").exists() else ""
-        return results, dmesg
+        return _run_commands(kernel, commands, Path(d), timeout, on_line, cpus)
+
+
+def _run_commands(kernel: Kernel, commands: list[str], run: Path, timeout: float,
+                  on_line, cpus: int) -> tuple[list[CommandResult], str]:
+    script = ["#!/bin/bash"]
+    for i, c in enumerate(commands):
+        script.append(f"( {c} ) > {run}/{i}.out 2>&1; echo $? > {run}/{i}.rc")
+    script.append(f"dmesg > {run}/dmesg")
+    (run / "run.sh").write_text("\n".join(script) + "\n")
+    for i in range(len(commands)):
+        (run / f"{i}.rc").unlink(missing_ok=True)
+    wd = DeadlineWatchdog(timeout, f"guest commands not done after {timeout:.0f}s")
+    if on_line is not None:
+        wd.on_line = on_line  # type: ignore[method-assign]
+    run_guest(kernel, f"bash {run}/run.sh", rwdirs=(run,), console_log=run / "console.log",
+              watchdog=wd, cpus=cpus)
+    results = []
+    for i, c in enumerate(commands):
+        rc_file = run / f"{i}.rc"
+        rc = int(rc_file.read_text()) if rc_file.exists() else -1
+        out = (run / f"{i}.out").read_text(errors="replace") if (run / f"{i}.out").exists() else ""
+        results.append(CommandResult(c, rc, out))
+    dmesg = (run / "dmesg").read_text(errors="replace") if (run / "dmesg").exists() else ""
+    return results, dmesg
 
 
 def shell(kernel: Kernel, *, rwdirs: tuple[Path, ...] = (), cwd: Path | None = None) -> int:
