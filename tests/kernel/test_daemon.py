@@ -92,7 +92,7 @@ def test_inspect_lists_exactly_the_real_callbacks(daemon_run):
     assert len(rows) == 12, text                 # 3 objects x 4 callbacks (tests/kmod/klpt_lp.c)
     assert {sym for _cb, sym in rows} == {"klpt_pre_patch", "klpt_post_patch",
                                          "klpt_pre_unpatch", "klpt_post_unpatch"}, text
-    assert re.findall(r"object (\S+)", text) == ["vmlinux", "klpt_mod", "klpt_busy"], text
+    assert re.findall(r"^\s+object (\S+)", text, re.M) == ["vmlinux", "klpt_mod", "klpt_busy"], text
 
 
 def test_started_midway_with_a_return_probe_missing_is_a_gap_not_a_freeze(daemon_run):

@@ -1,0 +1,88 @@
+"""The newest kernel line in `make test`: Debian sid's current kernel (7.x, where
+the kernel's own klp-build lives), booted over the sid guest root the lab makes
+(tracer/lab/rootfs.py), with `klptrace run` (no --preload: every callback
+inferred from the probe plan, the part that depends on the kernel) around the
+scenarios that exercise the most of that plan. The whole set of scenarios in
+both modes on sid is `make lab-sid`; this is what fits `make test`'s time
+(docs/lab.md: cost of the sid root, cold and warm).
+
+Deselected by the lab targets that choose a kernel themselves (`make lab-*`
+run `-m "kernel and not newest_line"`): there the whole suite runs on that line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.kernel, pytest.mark.newest_line]
+
+ROOT = Path(__file__).resolve().parents[2]
+KLPTRACE = ROOT / ".venv" / "bin" / "klptrace"
+NEWEST = "sid"
+# module load/unload around a patch, a refused module, a failed pre_patch,
+# an atomic replace, the upgrade of a fix at reused addresses, and the
+# klp-build producer's shape (its objects built at init)
+SCENARIOS = ("module-coming-and-going", "module-coming-enodev", "pre-patch-enodev",
+             "atomic-replace", "upgrade-address-reuse", "producer-klp-build")
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def newest_run(lab_means, lab_out_dir):
+    from tracer.lab import LabError, run_scenarios
+    out = lab_out_dir("newest-line")
+    try:
+        run = run_scenarios(kernel=NEWEST, only=list(SCENARIOS), out_dir=out,
+                            tracer_cmd=str(KLPTRACE) + " run")
+    except LabError as e:
+        pytest.fail(e.one_line() + ("\n" + e.detail[-3000:] if e.detail else ""), pytrace=False)
+    print(run.summary())
+    return run
+
+
+def test_the_newest_kernel_runs_each_scenario_as_the_specification_says(newest_run):
+    assert int(newest_run.kernel.release.split(".")[0]) >= 7, newest_run.kernel.release
+    bad = [r.report() for r in newest_run.results if not r.matches]
+    assert not bad, "\n\n".join(bad)
+
+
+def test_the_tracer_sees_every_callback_the_kernel_ran_there(newest_run):
+    bad = []
+    for res in newest_run.results:
+        if res.tracer_rc not in (None, 0) or not res.trace_path.exists():
+            bad.append(f"{res.name}: tracer rc {res.tracer_rc}")
+            continue
+        recs = _records(res.trace_path)[1:]
+        got = [(r["patch"], r["object"], r["callback"],
+                r.get("ret") if r["callback"] == "pre_patch" else None)
+               for r in recs if r["type"] == "callback"]
+        if got != res.observed_keys:
+            bad.append(f"{res.name}: tracer {got}\n   kernel log {res.observed_keys}")
+        if any(r["type"] == "loss" for r in recs):
+            bad.append(f"{res.name}: gaps {[r for r in recs if r['type'] == 'loss']}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_plan_attaches_every_required_point_there(newest_run):
+    """The header's plan (what `klptrace probes` prints) on the newest kernel:
+    every required point attached; kept in lab-out for docs/probes.md."""
+    from tracer.probeplan import POINTS
+    plan = _records(newest_run.results[0].trace_path)[0]["probes"]
+    (newest_run.run_dir / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
+    how = {p["point"]: p["how"] for p in plan["points"]}
+    missing = [pt.name for pt in POINTS if pt.required and how.get(pt.name, "none") == "none"]
+    assert not missing, plan
+    assert set(plan["evidence"].values()) <= {"inferred", "core"}, plan["evidence"]
+
+
+def test_traces_validate_clean_there(newest_run):
+    paths = [str(r.trace_path) for r in newest_run.results]
+    p = subprocess.run([str(KLPTRACE), "validate", *paths], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
