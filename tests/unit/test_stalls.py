@@ -106,6 +106,15 @@ def open_transition(t, ts=1 * S, target="patched"):
     t.tick(ts + 2, "lp")
 
 
+def block_worker(table, t):
+    """The worker sleeps in the patched function at three sweeps (MIN_WINDOWS):
+    from the tick after the third it is a blocker."""
+    table.sweep(S + S // 2, WORKER)
+    table.sweep(2 * S, WORKER)
+    table.sweep(3 * S, WORKER)
+    t.tick(3 * S + 10, "lp")
+
+
 def test_a_healthy_transition_writes_nothing():
     table = Table()
     t, out = tracker(table)
@@ -234,10 +243,7 @@ def test_a_reverse_clears_the_old_direction_and_starts_afresh():
     table = Table()
     t, out = tracker(table)
     open_transition(t)
-    table.sweep(S + S // 2, WORKER)
-    table.sweep(2 * S, WORKER)
-    table.sweep(3 * S, WORKER)
-    t.tick(3 * S + 10, "lp")
+    block_worker(table, t)
     assert out[-1]["event"] == "blocked"
     # echo 0 > enabled: the kernel reverses; the worker is fine for the new target
     table.new_direction()
@@ -262,10 +268,7 @@ def test_stale_entries_of_an_earlier_transition_are_not_blockers():
     table = Table()
     t, out = tracker(table)
     open_transition(t)
-    table.sweep(S + S // 2, WORKER)
-    table.sweep(2 * S, WORKER)
-    table.sweep(3 * S, WORKER)
-    t.tick(3 * S + 10, "lp")
+    block_worker(table, t)
     table.sweep(4 * S, {}, complete=True)
     t.on_record(tr("complete", 4 * S + 1))
     t.tick(4 * S + 10, None)
@@ -282,10 +285,7 @@ def test_stale_entries_of_an_earlier_transition_are_not_blockers():
 def test_the_daemon_started_inside_a_transition_reads_it():
     table = Table()
     t, out = tracker(table, open_at_start=("lp", "patched"))
-    table.sweep(S + S // 2, WORKER)
-    table.sweep(2 * S, WORKER)
-    table.sweep(3 * S, WORKER)
-    t.tick(3 * S + 10, "lp")
+    block_worker(table, t)
     assert out and out[0]["event"] == "blocked" and t.state.patch == "lp"
     # its age counts from the daemon's start (clock 0 here), and says so
     assert t.state.opened_ns == 0 and t.state.before_daemon
@@ -296,10 +296,7 @@ def test_on_change_sees_every_new_state():
     table = Table()
     t, _ = tracker(table, on_change=seen.append)
     open_transition(t)
-    table.sweep(S + S // 2, WORKER)
-    table.sweep(2 * S, WORKER)
-    table.sweep(3 * S, WORKER)
-    t.tick(3 * S + 10, "lp")
+    block_worker(table, t)
     assert seen[-1].blockers and seen[-1].patch == "lp"
     assert isinstance(seen[-1].to_json()["blockers"][0]["function"], str)
 
