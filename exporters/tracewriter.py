@@ -68,7 +68,9 @@ class TraceWriter:
     # --- files ------------------------------------------------------------------
 
     def _open(self, truncate: bool) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else os.O_APPEND)
+        # O_APPEND always: after a line cut off again (ftruncate) the next one
+        # must start at the cut, not at the offset past it (a hole of NULs)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_APPEND | (os.O_TRUNC if truncate else 0)
         fd = os.open(self.path, flags, self.mode)
         try:
             os.fchmod(fd, self.mode)   # the mode we promise, whatever the umask

@@ -168,3 +168,30 @@ def test_bad_settings_rejected(tmp_path):
         TraceWriter(str(tmp_path / "t"), header(), max_bytes=0)
     with pytest.raises(ValueError):
         TraceWriter(str(tmp_path / "t"), header(), keep=-1)
+
+
+def test_a_line_cut_by_a_full_disk_leaves_no_hole_when_space_returns(tmp_path, monkeypatch):
+    """A write that fails half-way is cut off again (ftruncate), and the next
+    line starts where the cut one began. Before: the file was open without
+    O_APPEND, its offset stayed past the cut, and the next write left a hole
+    of NUL bytes (`validate`: not JSON), found by the lab's full-disk case."""
+    path = tmp_path / "t.jsonl"
+    w = TraceWriter(str(path), header())
+    w.write(ev.module(1, 10, "a", "coming"))
+    real_write = os.write
+    state = {"full": True}
+
+    def short_write(fd, data):
+        if state["full"]:
+            state["full"] = False
+            real_write(fd, bytes(data[:7]))            # part of the line, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short_write)
+    with pytest.raises(OSError):
+        w.write(ev.module(2, 20, "b", "coming"))
+    w.write(ev.module(3, 30, "c", "coming"))
+    w.close()
+    assert b"\0" not in path.read_bytes()
+    assert [r.get("module") for r in lines(path)[1:]] == ["a", "c"]
