@@ -37,7 +37,7 @@ def _records(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def newest_run(lab_means, lab_out_dir):
     from tracer.lab import LabError, run_scenarios
-    out = lab_out_dir("newest-line")
+    out = lab_out_dir("newest-line").parent / f"newest-line-{NEWEST}"
     try:
         run = run_scenarios(kernel=NEWEST, only=list(SCENARIOS), out_dir=out,
                             tracer_cmd=str(KLPTRACE) + " run")
