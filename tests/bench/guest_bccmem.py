@@ -44,8 +44,10 @@ def main() -> None:
     mem("start")
     from bcc import BPF
     mem("import")
+    sys.path.insert(0, str(ROOT))
+    from tracer.loader import struct_cflags   # the daemon's struct offsets (BTF or headers)
     b = BPF(src_file=str(ROOT / "bpf" / "klptrace.bpf.c").encode(),
-            cflags=[f"-I{ROOT / 'bpf'}", "-Wno-unused-function"])
+            cflags=[f"-I{ROOT / 'bpf'}", "-Wno-unused-function"] + struct_cflags()[0])
     for name in ("do_snap_patch", "do_snap_obj", "on_direct", "on_direct_pre", "on_direct_ret"):
         b.load_func(name, BPF.KPROBE)
     mem("compiled")
