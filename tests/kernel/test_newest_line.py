@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tracefiles import callback_keys, header, records
 
 pytestmark = [pytest.mark.kernel, pytest.mark.newest_line]
 
@@ -29,10 +30,6 @@ NEWEST = "sid"
 # klp-build producer's shape (its objects built at init)
 SCENARIOS = ("module-coming-and-going", "module-coming-enodev", "pre-patch-enodev",
              "atomic-replace", "upgrade-address-reuse", "producer-klp-build")
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +57,8 @@ def test_the_tracer_sees_every_callback_the_kernel_ran_there(newest_run):
         if res.tracer_rc not in (None, 0) or not res.trace_path.exists():
             bad.append(f"{res.name}: tracer rc {res.tracer_rc}")
             continue
-        recs = _records(res.trace_path)[1:]
-        got = [(r["patch"], r["object"], r["callback"],
-                r.get("ret") if r["callback"] == "pre_patch" else None)
-               for r in recs if r["type"] == "callback"]
+        recs = records(res.trace_path)
+        got = callback_keys(recs)
         if got != res.observed_keys:
             bad.append(f"{res.name}: tracer {got}\n   kernel log {res.observed_keys}")
         if any(r["type"] == "loss" for r in recs):
@@ -75,7 +70,7 @@ def test_the_plan_attaches_every_required_point_there(newest_run):
     """The header's plan (what `klptrace probes` prints) on the newest kernel:
     every required point attached; kept in lab-out for docs/probes.md."""
     from tracer.probeplan import POINTS
-    plan = _records(newest_run.results[0].trace_path)[0]["probes"]
+    plan = header(newest_run.results[0].trace_path)["probes"]
     (newest_run.run_dir / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
     how = {p["point"]: p["how"] for p in plan["points"]}
     missing = [pt.name for pt in POINTS if pt.required and how.get(pt.name, "none") == "none"]

@@ -11,29 +11,19 @@ Without --preload every callback is `inferred`; with it, every one `direct`.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tracefiles import callback_keys as _callback_keys
+from tracefiles import records as _records
 
 pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parents[2]
 KLPTRACE = ROOT / ".venv" / "bin" / "klptrace"
-
-
-def _records(path: Path) -> list[dict]:
-    lines = path.read_text().splitlines()
-    return [json.loads(l) for l in lines[1:] if l.strip()]
-
-
-def _callback_keys(recs: list[dict]) -> list[tuple]:
-    return [(r["patch"], r["object"], r["callback"],
-             r.get("ret") if r["callback"] == "pre_patch" else None)
-            for r in recs if r["type"] == "callback"]
 
 
 @pytest.fixture(scope="module", params=["inferred", "direct"])
