@@ -15,9 +15,12 @@ directories for new files (``klptrace run --no-discover`` turns it off;
 * ``/lib/modules/RELEASE/livepatch/``: SUSE's kernel-livepatch packages
   (INSTALL_MOD_DIR=livepatch), /usr/lib/modules on usr-merged systems.
 
-Directories that do not exist yet are looked for again every few seconds.
-Watching is inotify (IN_CLOSE_WRITE, IN_MOVED_TO) through libc, no extra
-package; reading it never blocks the poll loop.
+A directory that does not exist yet is waited for by a watch on its nearest
+existing ancestor (a directory created there makes the watcher look again), so
+nothing is looked for on a timer: an idle daemon is not woken by discovery.
+Watching is inotify (IN_CLOSE_WRITE, IN_MOVED_TO for modules; IN_CREATE for
+directories on the way) through libc, no extra package; the watch's fd is in
+the daemon's wait set (tracer/runloop.py) and reading it never blocks.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ import ctypes
 import errno
 import os
 import struct
-import time
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_IGNORED = 0x00008000
+IN_ISDIR = 0x40000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
-RECHECK_S = 5.0
+# one mask for every watch: a module written or moved into a watched
+# directory, or a directory created (or moved) on the way to one
+WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
 
 
 def default_dirs(release: str | None = None) -> list[str]:
@@ -60,52 +67,80 @@ def existing_modules(dirs: list[str]) -> list[str]:
 
 
 class Watcher:
-    """New .ko files in ``dirs``; ``poll()`` returns their paths (never blocks)."""
+    """New .ko files in ``dirs``; ``poll()`` returns their paths (never blocks).
 
-    def __init__(self, dirs: list[str], clock=time.monotonic):
+    Invariant: every directory of ``dirs`` is watched itself if it exists, else
+    its nearest existing ancestor is watched, so its creation is an event.
+    """
+
+    def __init__(self, dirs: list[str]):
         self.dirs = list(dirs)
-        self.clock = clock
         self._libc = ctypes.CDLL("libc.so.6", use_errno=True)
         self._fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self._fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        self._wd: dict[int, str] = {}
-        self._next_check = 0.0
+        self._wd: dict[int, str] = {}        # watch descriptor -> the directory it is on
+        self._watched: set[str] = set()      # directories of ``dirs`` watched themselves
         self._add_watches()
 
+    def fileno(self) -> int:
+        """Readable when something happened (the daemon's wait set)."""
+        return self._fd
+
+    def _watch(self, d: str) -> bool:
+        wd = self._libc.inotify_add_watch(self._fd, d.encode(), WATCH_MASK)
+        if wd < 0:
+            return False
+        self._wd[wd] = d
+        return True
+
     def _add_watches(self) -> list[str]:
-        """Watch the directories that exist now; returns the ones newly watched."""
+        """Watch what exists of each directory; returns the ones of ``dirs``
+        newly watched themselves. A directory made between looking and
+        watching is seen by the look after the watch (the loop)."""
         added = []
-        watched = set(self._wd.values())
         for d in self.dirs:
-            if d in watched or not os.path.isdir(d):
+            if d in self._watched:
                 continue
-            wd = self._libc.inotify_add_watch(self._fd, d.encode(), IN_CLOSE_WRITE | IN_MOVED_TO)
-            if wd >= 0:
-                self._wd[wd] = d
-                added.append(d)
-        self._next_check = self.clock() + RECHECK_S
+            while True:
+                if os.path.isdir(d):
+                    if self._watch(d):
+                        self._watched.add(d)
+                        added.append(d)
+                    break
+                anc = _existing_ancestor(d)
+                if anc is None or not self._watch(anc) or not os.path.isdir(d):
+                    break
+                # d appeared while its ancestor's watch was being added: once more
         return added
 
     def poll(self) -> list[str]:
-        found = []
-        if self.clock() >= self._next_check and len(self._wd) < len(self.dirs):
-            # a directory that appeared: what is already in it counts as new
-            for d in self._add_watches():
-                found += existing_modules([d])
+        found, look_again = [], False
         while True:
             data = _read_nonblocking(self._fd)
             if not data:
                 break
             off = 0
             while off + 16 <= len(data):     # struct inotify_event
-                wd, _mask, _cookie, length = struct.unpack_from("iIII", data, off)
+                wd, mask, _cookie, length = struct.unpack_from("iIII", data, off)
                 name = data[off + 16:off + 16 + length].split(b"\0", 1)[0].decode(
                     "utf-8", "replace")
                 off += 16 + length
                 d = self._wd.get(wd)
-                if d and name.endswith(".ko"):
+                if mask & IN_IGNORED:
+                    # the directory went (removed, unmounted): wait for it again
+                    self._wd.pop(wd, None)
+                    self._watched.discard(d)
+                    look_again = True
+                elif mask & IN_ISDIR:
+                    look_again = True        # a directory on the way to one of ours
+                elif (d in self._watched and mask & (IN_CLOSE_WRITE | IN_MOVED_TO)
+                      and name.endswith(".ko")):
                     found.append(os.path.join(d, name))
+        if look_again and len(self._watched) < len(self.dirs):
+            # a directory that appeared: what is already in it counts as new
+            for d in self._add_watches():
+                found += existing_modules([d])
         return found
 
     def close(self) -> None:
@@ -118,6 +153,15 @@ class Watcher:
             self.close()
         except Exception:
             pass
+
+
+def _existing_ancestor(d: str) -> str | None:
+    p = os.path.dirname(os.path.abspath(d))
+    while not os.path.isdir(p):
+        if p == os.path.dirname(p):
+            return None
+        p = os.path.dirname(p)
+    return p
 
 
 def _read_nonblocking(fd: int) -> bytes:
