@@ -296,6 +296,8 @@ GAP_REASONS = ("mid-operation", "snapshot-truncated", "snapshot-incomplete",
 HOLDS = ("pre_unpatch", "completion", "module post_patch", "module post_unpatch",
          "enable return", "module coming return", "exit", "records lost")
 DIRECT_PROBE_ERRORS = ("preload", "by-address", "remove", "worker")
+# why the daemon's wait ended (tracer/runloop.py Wake)
+WAKE_REASONS = ("ring", "discovery", "signal", "timer")
 
 
 class HealthCollector:
@@ -352,6 +354,11 @@ class HealthCollector:
         yield self._counter("probe_hits", "Times each BPF program ran (the probes cost nothing "
                             "outside livepatch operations and module loads).", "program",
                             rw.HIT_PROGRAMS, h.get("probe_hits", {}))
+        yield self._counter("daemon_wakeups", "Times the daemon's wait ended, by reason "
+                            f"({'|'.join(WAKE_REASONS)}: the BPF side at an operation's end or a "
+                            "quarter-full ring, a new livepatch module, a signal, the clock); "
+                            "an idle host adds only timer wake-ups, one per 5 s.", "reason",
+                            WAKE_REASONS, h.get("wakeups", {}))
 
 
 # Distinct function label values per scrape of the blocking-function gauge; the

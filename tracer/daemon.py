@@ -25,11 +25,10 @@ from . import events as ev
 from . import exitcodes as xc
 from . import kstate
 from . import rawevents as rw
+from . import runloop
 from . import statusfile
 from .infer import Inference
 from .probeplan import make_plan, format_plan
-
-POLL_MS = 200
 
 
 class Stage(str, enum.Enum):
@@ -38,7 +37,7 @@ class Stage(str, enum.Enum):
     INFER = "infer"         # tracer.infer: raw events into records
     WRITE = "write"         # the trace writer
     JUDGE = "judge"         # the rule engine
-    TICK = "tick"           # the poll loop's own work (losses, hold deadlines)
+    TICK = "tick"           # the run loop's own work (losses, hold deadlines)
     STALLS = "stalls"       # reading a stalled transition's blockers (tracer/stalls.py)
 
 
@@ -123,6 +122,7 @@ class Daemon:
         self.stalls = None                     # tracer.stalls.StallTracker, once attached
         self.status_path = status_path         # for `klptrace status` (tracer/statusfile.py)
         self._status_said = False
+        self.waiter: runloop.Waiter | None = None
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop = True
@@ -170,6 +170,7 @@ class Daemon:
             "direct_errors": dict(probes.errors) if probes else {},
             "direct_attached": probes.attached if probes else 0,
             "probe_hits": hits,
+            "wakeups": dict(self.waiter.wakeups) if self.waiter else {},
         }
 
     # --- the guarded event path --------------------------------------------------------
@@ -393,8 +394,13 @@ class Daemon:
             sdnotify.ready("probes attached")
             log(f"tracing (ready after {time.monotonic() - t0:.1f}s); "
                 f"trace: {self.trace_path or 'stdout'}")
+            waiter = self.waiter = runloop.Waiter(
+                loader.ring_fd, self.watcher.fileno() if self.watcher is not None else None)
             while not self.stop:
-                loader.poll(POLL_MS)
+                waiter.wait(runloop.wait_s(
+                    holding=self.inference.holding(),
+                    transition_open=self.inference.transition_patch is not None))
+                loader.read()
                 self._guarded(Stage.TICK, self._tick)
                 if self.writer.reopen_requested:
                     loader.drain()       # what happened before the HUP: old file
@@ -432,6 +438,8 @@ class Daemon:
             probes.stop()
             if self.watcher is not None:
                 self.watcher.close()
+            if self.waiter is not None:
+                self.waiter.close()
             loader.detach_tracefs()
             loader.close()
             if self.ready_file:

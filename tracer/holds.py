@@ -10,7 +10,7 @@ trace keeps the kernel's order.
 
 Invariant: every hold is bounded. It is resolved by the event it waits for,
 or it expires at ``deadline_ns`` (CLOCK_MONOTONIC, the clock of the BPF
-timestamps and of the daemon's poll tick) or when the queue behind it grows
+timestamps and of the daemon's tick, tracer/runloop.py) or when the queue behind it grows
 past ``max_queue``. An expired hold goes out as far as it is known, followed
 by a ``loss`` record (count 0, with the reason), so the engine judges what it
 touches `unknown`: a hold that cannot resolve is a gap, never a freeze and

@@ -185,6 +185,13 @@ class Inference:
         self._place_all_pending()
         self.out.flush()
 
+    def holding(self) -> bool:
+        """Whether anything here waits for a deadline that only ``tick`` can
+        see pass (a held step, a module section without its return, a record
+        in the output queue): the daemon's wait is short then, and may be long
+        otherwise (tracer/runloop.py)."""
+        return bool(self.step is not None or self.comings or self.pending_mod or len(self.out))
+
     def tick(self, now_ns: int) -> None:
         """The poll loop's clock: holds and in-flight sections past their deadline
         expire even when no event comes."""

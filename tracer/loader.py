@@ -153,10 +153,16 @@ class Loader:
         for fd in list(self._tp_fds):
             self.detach_fd(fd)
 
-    def poll(self, timeout_ms: int) -> None:
-        """Wait up to ``timeout_ms`` for a wake-up, then read everything there:
-        most events are submitted without one (bpf/klptrace.bpf.c submit())."""
-        self.bpf.ring_buffer_poll(timeout_ms)
+    @property
+    def ring_fd(self) -> int:
+        """The ring buffer map's fd: readable once the BPF side woke it (the
+        daemon's wait set, tracer/runloop.py)."""
+        return self.bpf["events"].map_fd
+
+    def read(self) -> None:
+        """Read everything in the ring buffer, woken or not: most events are
+        submitted without a wake-up (bpf/klptrace.bpf.c submit()); the count
+        of those since the last read starts again."""
         self.bpf.ring_buffer_consume()
         t = self.bpf["pending"]
         t[t.Key(0)] = t.Leaf(0)

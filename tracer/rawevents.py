@@ -134,7 +134,7 @@ def decode(data) -> Raw:
 
 
 # --- stalls: the tables of the "stalls" section (klptrace.h struct klpt_blocker,
-# struct klpt_sweeps), read by the daemon on its poll tick (tracer/stalls.py) ---
+# struct klpt_sweeps), read by the daemon on its tick (tracer/stalls.py) ---
 
 COMM_LEN = 16
 FUNC_LEN = 128

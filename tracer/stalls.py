@@ -214,7 +214,7 @@ class StallTracker:
             self._queue.append(rec)
 
     def tick(self, now_ns: int, transition_patch: str | None) -> None:
-        """The daemon's poll tick: what the transition records implied, then,
+        """The daemon's tick (tracer/runloop.py): what the transition records implied, then,
         while a transition is open, a read of the source."""
         changed = False
         queue, self._queue = self._queue, []
