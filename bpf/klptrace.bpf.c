@@ -85,6 +85,7 @@ BPF_ARRAY(cur_patch, u64, 1);                   /* klp_transition_patch, seen at
 BPF_TABLE("lru_hash", u32, u32, task_ctx, KLPT_TASK_SLOTS);      /* tid -> enum klpt_ctx */
 BPF_TABLE("lru_hash", u32, u64, enable_arg, KLPT_TASK_SLOTS);    /* tid -> patch, for klp_enable_patch's return */
 BPF_TABLE("lru_hash", u32, u64, coming_arg, KLPT_TASK_SLOTS);    /* tid -> mod, for klp_module_coming/going's return */
+BPF_TABLE("lru_hash", u32, u64, section_mark, KLPT_TASK_SLOTS);  /* tid -> object hits at klp_module_coming/going's entry */
 BPF_TABLE("lru_hash", u32, u64, patch_obj_arg, KLPT_TASK_SLOTS); /* tid -> obj, for klp_patch_object's return */
 /* tid -> obj / probed address, from a callback's entry to its return. Only an
  * entry probe whose return is probed too (pre_patch's) stores here: the other
@@ -121,15 +122,26 @@ static __always_inline void hit(int slot)
 		lock_xadd(v, 1);
 }
 
+static __always_inline u64 hits_of(int slot)
+{
+	u64 *v = hits.lookup(&slot);
+	return v ? *v : 0;
+}
+
 /*
  * Wake-ups. An event is submitted without waking the daemon: on a small host
  * a wake-up per event let the daemon preempt the very task that enables the
  * patch (docs/benchmarks.md: enabling took twice as long on one CPU). The
- * daemon reads on its poll tick instead, and is woken only when the ring
- * buffer is a quarter full (about 70 events with the default 64 pages; a
- * livepatch operation writes tens) or at the end of an operation
- * (klp_enable_patch or klp_complete_transition returning), so records still
- * come in kernel order and soon.
+ * daemon is woken only when the ring buffer is a quarter full (about 70
+ * events with the default 64 pages; a livepatch operation writes tens) or at
+ * the end of an operation: klp_enable_patch or klp_complete_transition
+ * returning, or klp_module_coming / klp_module_going returning from work on
+ * a patched object or a refusal (section_woke()). Not at every module load:
+ * a livepatch module's own klp_module_coming comes right before its
+ * klp_enable_patch, which a wake-up there would slow. So records still come
+ * in kernel order, soon after the operation, and the daemon sleeps through it.
+ * What no wake-up announces (a disable whose transition stays open) is read
+ * on the daemon's clock (tracer/runloop.py: IDLE_S).
  */
 #define KLPT_WAKE_AT (KLPT_RING_PAGES * 4096 / (sizeof(struct klpt_event) + 8) / 4)
 
@@ -410,11 +422,33 @@ static __always_inline void read_module_name(char *dst, u64 mod)
 	bpf_probe_read_kernel_str(dst, KLPT_NAME_LEN, (void *)(mod + KLPT_OFF_MOD_NAME));
 }
 
+/* The object hits (klp_patch_object, klp_unpatch_object) so far: a module
+ * section whose return sees them moved patched or unpatched an object. */
+static __always_inline u64 object_hits(void)
+{
+	return hits_of(KLPT_HIT_PATCH_OBJECT) + hits_of(KLPT_HIT_UNPATCH_OBJECT);
+}
+
+/* Does this klp_module_coming/going return end livepatch work (then the
+ * daemon is woken)? Yes if it failed (a refused module) or an object was
+ * (un)patched since its entry, or if its entry's mark is gone (evicted: wake
+ * rather than sit on it). Another thread's operation can move the counters
+ * too (klp_mutex orders them, not this): a spare wake-up, never a missed one. */
+static __always_inline int section_woke(u32 t, int rc)
+{
+	u64 *m = section_mark.lookup(&t);
+	int woke = rc != 0 || !m || *m != object_hits();
+	section_mark.delete(&t);
+	return woke;
+}
+
 static __always_inline int module_event(u32 kind, int slot, u64 mod, u32 c)
 {
 	hit(slot);
 	u32 t = tid();
+	u64 mark = object_hits();
 	task_ctx.update(&t, &c);
+	section_mark.update(&t, &mark);
 	struct klpt_event *e = new_event(kind);
 	if (!e)
 		return 0;
@@ -436,12 +470,14 @@ int on_module_coming_ret(struct pt_regs *ctx)
 	hit(KLPT_HIT_MODULE_COMING_RET);
 	u32 t = tid();
 	u64 *m = coming_arg.lookup(&t);
+	int rc = (int)PT_REGS_RC(ctx);
+	int woke = section_woke(t, rc);
 	struct klpt_event *e = new_event(KLPT_MODULE_COMING_RET);
 	if (e) {
-		e->arg = (int)PT_REGS_RC(ctx);
+		e->arg = rc;
 		if (m)
 			read_module_name(e->module, *m);
-		submit(e, 0);
+		submit(e, woke);
 	}
 	coming_arg.delete(&t);
 	task_ctx.delete(&t);
@@ -465,11 +501,12 @@ int on_module_going_ret(struct pt_regs *ctx)
 	hit(KLPT_HIT_MODULE_GOING_RET);
 	u32 t = tid();
 	u64 *m = coming_arg.lookup(&t);
+	int woke = section_woke(t, 0);
 	struct klpt_event *e = new_event(KLPT_MODULE_GOING_RET);
 	if (e) {
 		if (m)
 			read_module_name(e->module, *m);
-		submit(e, 0);
+		submit(e, woke);
 	}
 	coming_arg.delete(&t);
 	task_ctx.delete(&t);
@@ -557,12 +594,6 @@ struct stall_arg {
 };
 BPF_PERCPU_ARRAY(stall_check_arg, struct stall_arg, 1);
 BPF_PERCPU_ARRAY(stall_switch_arg, struct stall_arg, 1);
-
-static __always_inline u64 hits_of(int slot)
-{
-	u64 *v = hits.lookup(&slot);
-	return v ? *v : 0;
-}
 
 static __always_inline u64 stall_gen(void)
 {
