@@ -66,7 +66,24 @@ case_quiet() {
 	for i in $(seq 1 3000); do read -r _ < /proc/cmdline; done
 	echo "@@hot_hits_delta=$(awk "BEGIN {print $(metric 'klptrace_probe_hits_total') - $before}")"
 	disable_lp klpt_lp; unload_lp klpt_lp; unload_mod klpt_mod; sleep 1
+	# idle: nothing is held, no transition is open, so only the 5 s backstop
+	# wakes the daemon (tracer/runloop.py); a scrape does not wake its loop
+	local t0=$EPOCHREALTIME
+	echo "@@idle_wakeups_before<<"; metric_lines 'klptrace_daemon_wakeups_total'; echo "@@>>"
+	sleep 12
+	echo "@@idle_wakeups_after<<"; metric_lines 'klptrace_daemon_wakeups_total'; echo "@@>>"
+	echo "@@idle_s=$(awk "BEGIN {print $EPOCHREALTIME - $t0}")"
+	# discovery: a producer's directory made after the daemon started (two
+	# levels missing: its parent /var/lib is watched), a module copied in,
+	# then loaded: its first callback is seen directly
+	local d=/var/lib/kpatch/$(uname -r)
+	mkdir -p $d && cp $KLPT_KMOD/klpt_lp2.ko $d/
+	loop_until "grep -q 'discovery: $d/klpt_lp2.ko: preloading' /run/quiet.log" \
+		|| echo "@@discovery_missed=1"
+	load_lp klpt_lp2; disable_lp klpt_lp2; unload_lp klpt_lp2; sleep 1
+	rm -r /var/lib/kpatch
 	stop quiet
+	echo "@@lp2_callbacks<<"; grep '"patch":"klpt_lp2"' /run/quiet.jsonl | grep '"callback"'; echo "@@>>"
 	echo "@@inspect<<"; $KLPT inspect $KLPT_KMOD/klpt_lp.ko; echo "@@>>"
 }
 

@@ -5,7 +5,9 @@ tests/kernel/guest_daemon.sh, one daemon each.
 * quiet: no livepatch activity costs nothing; with a livepatch enabled and
   its .ko preloaded, a workload calling the patched function in a loop costs
   nothing either (no probe on a replacement function), and `klptrace inspect`
-  lists exactly the module's callbacks.
+  lists exactly the module's callbacks; idle, only the run loop's backstop
+  wakes the daemon; a livepatch copied into a producer's directory made after
+  the start is discovered and probed directly.
 * midway: started while a patch is enabled and a target module's load is
   inside klp_module_coming, with the return probe of klp_module_coming not
   attached: gaps are loss records, the trace goes on, nothing is a violation.
@@ -83,6 +85,35 @@ def test_a_patched_function_on_the_hot_path_costs_no_probe_hit(daemon_run):
     got, outs = daemon_run
     assert "klpt_lp: this has been live patched" in got["patched_output"], outs["quiet"]
     assert float(got["hot_hits_delta"]) == 0, outs["quiet"]
+
+
+def test_an_idle_daemon_wakes_only_on_its_backstop(daemon_run):
+    """12 s and more with nothing to do: the 5 s backstop, nothing else
+    (before issue 16 the loop woke every 200 ms, 60 times in 12 s, and
+    discovery looked for its missing directories every 5 s)."""
+    got, outs = daemon_run
+
+    def by_reason(block):
+        return {re.search(r'reason="(\w+)"', l).group(1): float(l.split()[-1])
+                for l in block.splitlines() if l.strip()}
+    before, after = by_reason(got["idle_wakeups_before"]), by_reason(got["idle_wakeups_after"])
+    delta = {r: after[r] - before[r] for r in before}
+    seconds = float(got["idle_s"])     # from before the first scrape to after the second
+    assert seconds >= 12, got["idle_s"]
+    assert delta["ring"] == delta["discovery"] == delta["signal"] == 0, delta
+    assert 1 <= delta["timer"] <= seconds // 5 + 1, (delta, seconds)
+
+
+def test_a_livepatch_installed_where_producers_put_it_is_probed_directly(daemon_run):
+    """Discovery without flags: /var/lib/kpatch/RELEASE/ made after the daemon
+    started, klpt_lp2.ko copied in, then loaded: all four callbacks of its
+    object are direct, none inferred."""
+    got, outs = daemon_run
+    assert "discovery_missed" not in got, outs["quiet"]
+    recs = [json.loads(l) for l in got["lp2_callbacks"].splitlines() if l.strip()]
+    assert sorted(r["callback"] for r in recs) == sorted(
+        ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"]), outs["quiet"]
+    assert {r["evidence"] for r in recs} == {"direct"}, recs
 
 
 def test_inspect_lists_exactly_the_real_callbacks(daemon_run):
