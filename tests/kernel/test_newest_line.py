@@ -14,6 +14,7 @@ run `-m "kernel and not newest_line"`): there the whole suite runs on that line.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -36,11 +37,24 @@ SCENARIOS = ("module-coming-and-going", "module-coming-enodev", "pre-patch-enode
 def newest_run(lab_means, lab_out_dir):
     from tracer.lab import LabError, run_scenarios
     out = lab_out_dir("newest-line").parent / f"newest-line-{NEWEST}"
+    # the guest kernel's console is always kept here (console.log): an oops
+    # or a panic during this run must leave its evidence (docs/lab.md)
+    verbose = os.environ.get("KLPT_LAB_VERBOSE")
+    os.environ["KLPT_LAB_VERBOSE"] = "1"
     try:
         run = run_scenarios(kernel=NEWEST, only=list(SCENARIOS), out_dir=out,
                             tracer_cmd=str(KLPTRACE) + " run")
     except LabError as e:
-        pytest.fail(e.one_line() + ("\n" + e.detail[-3000:] if e.detail else ""), pytrace=False)
+        console = out / "console.log"
+        tail = console.read_text(errors="replace")[-3000:] if console.exists() else ""
+        pytest.fail(e.one_line() + ("\n" + e.detail[-3000:] if e.detail else "")
+                    + (f"\nguest console ({console}), its end:\n{tail}" if tail else ""),
+                    pytrace=False)
+    finally:
+        if verbose is None:
+            del os.environ["KLPT_LAB_VERBOSE"]
+        else:
+            os.environ["KLPT_LAB_VERBOSE"] = verbose
     print(run.summary())
     return run
 
