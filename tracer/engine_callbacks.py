@@ -49,6 +49,8 @@ class CallbackJudge:
                 section = s             # its module's own coming/going section
             else:
                 self._module_presence(out, ps, obj, cb, ref)
+        if section is not None and section.event == "coming":
+            self._earlier_post_patch_steps(section, ps)
         if obj.failed and cb != PRE_PATCH:
             self._after_failure(out, ps, obj, cb, ref)
         else:
@@ -56,6 +58,26 @@ class CallbackJudge:
             self._ordering(out, ps, obj, cb, section, ref)
             self._apply(out, ps, obj, cb, rec, section, ref)
         obj.ran[cb] = ref
+
+    @staticmethod
+    def _earlier_post_patch_steps(section, ps) -> None:
+        """klp_module_coming finishes each patch's object (pre_patch,
+        klp_patch_object, then post_patch unless it is klp_transition_patch)
+        before it turns to the next patch. So while the load is still patching
+        (nothing failed or unwound yet), a record of a later patch shows that
+        the post-patch step of every earlier one has passed, also where that
+        object registers no post_patch callback whose record would say so; a
+        refused load's unwinding then owes it its pre_unpatch (KLP-SYM-002).
+        Objects that register post_patch wait for its record, as before."""
+        if section.failed is not None or section.cleanup is not None:
+            return
+        for earlier, o, in_transition in section.owed:
+            if earlier is ps:
+                return
+            if in_transition or o.post_patched or o.failed or o.registers(POST_PATCH):
+                continue
+            if o.armed or not o.registers(PRE_PATCH):
+                o.armed = o.post_patched = True
 
     # --- the patch and the module ------------------------------------------------
 

@@ -209,3 +209,26 @@ def test_a_pre_patch_failing_without_refusal_is_caught_through_the_pipeline():
     model = [dict(r, event="live") if r["type"] == "module" and r["event"] == "refused"
              else r for r in m.records]
     assert violations(judge(m.header, model)) == violations(found)
+
+
+def test_a_refused_load_unwinds_an_earlier_patch_that_has_no_post_patch():
+    """Found by `make stress` (3000 examples): klpt_lp's object for klpt_mod has
+    pre_patch and pre_unpatch but no post_patch; klpt_lp2's pre_patch for the
+    same module fails while klpt_lp2 is in transition, so klp_module_coming
+    unwinds klpt_lp (klp_cleanup_module_patches_limited: pre_unpatch, as
+    klpt_lp is not klp_transition_patch). klpt_lp's post-patch step passed
+    with no callback to show it; its pre_unpatch is not KLP-SYM-002."""
+    from test_properties import PatchDef
+    defs = {"klpt_lp": PatchDef(name="klpt_lp", objects=[("vmlinux", []),
+                                ("klpt_mod", ["pre_patch", "pre_unpatch"])],
+                                replace=False, pre_patch_ret={}),
+            "klpt_lp2": PatchDef(name="klpt_lp2", objects=[("vmlinux", []),
+                                 ("klpt_mod", ["pre_patch"])], replace=False, pre_patch_ret={})}
+    ops = [("enable", "klpt_lp"), ("complete", False), ("fail", "klpt_lp2", "klpt_mod", -19),
+           ("enable", "klpt_lp2"), ("load", "klpt_mod")]
+    for mode in MODES:
+        m, probes = played((defs, ops, set()), mode)
+        assert ("klpt_lp", "klpt_mod", "pre_unpatch", None) in callbacks(m.records)
+        records, found = pipeline(m.header, probes.events, probes)
+        assert verdict_of(judge(m.header, m.records)) == [], judge(m.header, m.records)
+        assert verdict_of(found) == [], (mode, found)
