@@ -14,16 +14,18 @@ setup:
 demo: setup
 	$(VENV)/bin/klptrace lab demo --out lab-out/demo
 
-# Unit tests and the kernel lab tests (real kernels in a VM), the 6.1 lab whole
-# and the newest line's short suite (sid's 7.x); fails on any failure.
+# Unit tests and the kernel lab tests (real kernels in a VM), the 6.1 lab whole;
+# fails on any failure. The newest line's short suite (sid's 7.x) is held out:
+# its guest kernel oopsed (int3 in its own text poking) in 2 of 9 runs
+# (docs/lab.md "The newest line and CI").
 test: setup
-	$(PY) -m pytest -q -m "not stress"
+	$(PY) -m pytest -q -m "not stress and not newest_line"
 
 test-unit: setup
 	$(PY) -m pytest -q -m "not kernel"
 
 test-kernel: setup
-	$(PY) -m pytest -q -m "kernel and not stress"
+	$(PY) -m pytest -q -m "kernel and not stress and not newest_line"
 
 # The lab scenarios on the 6.12 kernel from bookworm-backports.
 lab-6.12: setup
@@ -35,7 +37,7 @@ lab-5.10: setup
 	KLPT_KERNEL=5.10 $(PY) -m pytest -q -m "kernel and not stress and not newest_line"
 
 # The newest line's short suite alone (sid's 7.x, six scenarios with the
-# tracer; part of make test).
+# tracer; not in make test, see above).
 lab-newest: setup
 	$(PY) -m pytest -q -m newest_line
 

@@ -4,8 +4,10 @@ the kernel's own klp-build lives), booted over the sid guest root the lab makes
 inferred from the probe plan, the part that depends on the kernel) around the
 scenarios that exercise the most of that plan. The whole set of scenarios in
 both modes on sid is `make lab-sid`; this is what would fit `make test`'s time
-(docs/lab.md: cost of the sid root, cold and warm). Not in `make test` yet: in
-one of three runs the guest exited at once during a klpt_lp load (docs/lab.md).
+(docs/lab.md: cost of the sid root, cold and warm). Not in `make test`: in 2 of
+9 runs the guest kernel oopsed (int3 in its own text poking, under TCG), and
+until that is explained CI would fail at random (docs/lab.md, "The newest line
+and CI").
 
 Deselected by the lab targets that choose a kernel themselves (`make lab-*`
 run `-m "kernel and not newest_line"`): there the whole suite runs on that line.
