@@ -100,9 +100,15 @@ cpu_ticks() { awk '{print $14 + $15}' /proc/$(cat /run/$1.pid)/stat; }   # utime
 # ON is daemon NAME running and every kprobe armed, OFF every kprobe disarmed
 # and NAME stopped (as tests/bench/guest_workload.py does between its blocks);
 # with "probes", NAME stays stopped on both sides and only the kprobes switch:
-# the in-kernel cost of the BPF programs alone. Prints the side.
+# the in-kernel cost of the BPF programs alone; before each such round NAME
+# runs for a moment with every kprobe disarmed and reads what the last round
+# left (its ring buffer holds a few rounds only: a full one would make the
+# programs cheaper, and lose records). Prints the side.
 switch() {
 	local pid=$(cat /run/$2.pid)
+	if [[ $3 == probes ]]; then
+		echo 0 > $KPROBES; kill -CONT $pid; sleep 0.5; kill -STOP $pid
+	fi
 	if (( $1 % 4 == 0 || $1 % 4 == 3 )); then
 		[[ $3 == probes ]] || kill -CONT $pid
 		echo 1 > $KPROBES; echo on
