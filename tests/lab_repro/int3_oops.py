@@ -1,0 +1,101 @@
+"""Does a guest kernel oops (int3 at a jump-label site) when kprobes are armed
+and disarmed by hand around livepatch transitions, without klptrace? Not a
+test: an experiment with its figures in docs/lab.md ("The newest line and CI").
+
+    .venv/bin/python -m tests.lab_repro.int3_oops      # after make lab-newest
+
+One guest boot loops N times: insmod klpt_up1 (a livepatch of vmlinux and
+klpt_mod), [arm a kprobe and a kretprobe by address on each of its functions
+through tracefs], wait for the transition, start `echo 0 > enabled` and
+[disarm and re-arm the probes meanwhile], wait until the patch is gone, rmmod.
+No BPF, no daemon. The loop stops at an oops (virtme-ng boots with panic=-1).
+
+Env: KLPT_KERNEL (lab kernel, sid), MODE (probes: the bracketed steps;
+control: without them), N (iterations, 60), CPUS (guest vCPUs, 2),
+NOOPT=1 (debug.kprobes-optimization=0), KMOD (the built test modules of that
+kernel; default the newest-line suite's, lab-out/newest-line-sid/kmod).
+Output: lab-out/int3-oops-MODE-CPUS[-noopt]/console.log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tracer.lab import LabError, packages, vm  # noqa: E402
+
+GUEST = r"""#!/bin/bash
+T=/sys/kernel/tracing; L=/sys/kernel/livepatch; K=__KMOD__
+mountpoint -q $T || mount -t tracefs nodev $T
+[[ __NOOPT__ == 1 ]] && echo 0 > /proc/sys/debug/kprobes-optimization
+wait_tr() { for j in $(seq 1 600); do [[ "$(cat $L/$1/transition 2>/dev/null)" != 1 ]] && return; sleep 0.05; done; }
+gone() { for j in $(seq 1 600); do [[ ! -e $L/$1 ]] && return; sleep 0.05; done; }
+arm() {
+	local n=0 a
+	for a in $(grep '\[klpt_up1\]' /proc/kallsyms | awk '$2 ~ /^[tT]$/ {print $1}'); do
+		n=$((n + 1))
+		echo "p:rp/p$n 0x$a" >> $T/kprobe_events 2>/dev/null
+		echo "r:rp/r$n 0x$a" >> $T/kprobe_events 2>/dev/null
+	done
+	echo 1 > $T/events/rp/enable 2>/dev/null
+}
+disarm() { echo 0 > $T/events/rp/enable 2>/dev/null; echo > $T/kprobe_events 2>/dev/null; }
+insmod $K/klpt_mod.ko
+for i in $(seq 1 __N__); do
+	echo "int3-oops: iteration $i" > /dev/kmsg
+	insmod $K/klpt_up1.ko
+	[[ __MODE__ == probes ]] && arm
+	wait_tr klpt_up1
+	echo 0 > $L/klpt_up1/enabled &
+	[[ __MODE__ == probes ]] && { disarm; arm; }
+	wait
+	gone klpt_up1
+	[[ __MODE__ == probes ]] && disarm
+	rmmod klpt_up1
+done
+echo "int3-oops: done __N__" > /dev/kmsg
+"""
+
+
+def main() -> int:
+    mode = os.environ.get("MODE", "probes")
+    n = int(os.environ.get("N", "60"))
+    cpus = int(os.environ.get("CPUS", "2"))
+    noopt = os.environ.get("NOOPT") == "1"
+    kmod = Path(os.environ.get("KMOD", ROOT / "lab-out" / "newest-line-sid" / "kmod"))
+    if mode not in ("probes", "control") or not (kmod / "klpt_up1.ko").exists():
+        print(f"int3_oops: MODE must be probes or control and {kmod} must hold klpt_up1.ko "
+              "(run make lab-newest first, or set KMOD)", file=sys.stderr)
+        return 2
+    out = ROOT / "lab-out" / f"int3-oops-{mode}-{cpus}{'-noopt' if noopt else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(kmod, out / "kmod", dirs_exist_ok=True)
+    script = (GUEST.replace("__KMOD__", str(out / "kmod")).replace("__N__", str(n))
+              .replace("__MODE__", mode).replace("__NOOPT__", "1" if noopt else "0"))
+    (out / "guest.sh").write_text(script)
+    os.environ["KLPT_LAB_VERBOSE"] = "1"          # keep the guest console: the oops
+    kernel = packages.resolve_kernel(os.environ.get("KLPT_KERNEL", "sid"))
+    try:
+        vm.run_commands(kernel, [f"bash {out / 'guest.sh'}"], timeout=3000,
+                        keep_dir=out, cpus=cpus)
+    except LabError as e:
+        print(e.one_line(), file=sys.stderr)
+    console = (out / "console.log").read_text(errors="replace") \
+        if (out / "console.log").exists() else ""
+    its = re.findall(r"int3-oops: iteration (\d+)", console)
+    oops = re.search(r"Oops: int3.*\n(?:.*\n){0,5}?.*RIP: 0010:(\S+)", console)
+    print(f"{kernel.release}, {mode}, {cpus} vCPU(s){', no kprobe optimization' if noopt else ''}: "
+          f"{its[-1] if its else 0} of {n} iterations; "
+          + (f"oops at {oops.group(1)}" if oops else "no oops")
+          + f"; console: {out / 'console.log'}")
+    return 1 if oops else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
