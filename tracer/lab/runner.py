@@ -240,13 +240,14 @@ def _collect(run_dir: Path, s: Scenario) -> ScenarioResult:
 def run_scenarios(kernel: str | Kernel | None = None, only: str | list[str] | None = None,
                   out_dir: str | Path = "lab-out", tracer_cmd: str | None = None,
                   preload: bool | Iterable[str | Path] | None = None,
-                  progress: Progress = _print) -> LabRun:
+                  progress: Progress = _print, cpus: int = vm.CPUS) -> LabRun:
     """Run the chosen scenarios (all by default) in one guest boot.
 
     kernel: a Kernel, or a --kernel spec ("6.12", ...); None: $KLPT_KERNEL,
     else Debian stable's kernel. tracer_cmd: a command line run in the guest
     around each scenario (see module doc). preload: True for the lab's own
     livepatch .ko files, or paths, passed to the tracer as --preload.
+    cpus: the guest's vCPUs.
     Raises LabError when the lab itself cannot run (apt, build, boot or step
     timeout); a scenario whose callbacks differ is a result, not an error."""
     t_start = time.monotonic()
@@ -280,7 +281,8 @@ def run_scenarios(kernel: str | Kernel | None = None, only: str | list[str] | No
     t = time.monotonic()
     driver = run_dir / "guest" / "guest_driver.sh"
     vm.run_guest(kernel, f"bash {shlex.quote(str(driver))} {shlex.quote(str(run_dir))}",
-                 rwdirs=(run_dir,), console_log=run_dir / "console.log", watchdog=watchdog)
+                 rwdirs=(run_dir,), console_log=run_dir / "console.log", watchdog=watchdog,
+                 cpus=cpus)
     timings["vm"] = time.monotonic() - t
     if not watchdog.finished:
         tail = "; ".join(_read(run_dir / "console.log").strip().splitlines()[-3:])
