@@ -30,12 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 from tracer.lab import LabError, packages, vm  # noqa: E402
 
+# The loop, over the lab's own step helpers (tracer/lab/guest_helpers.sh):
+# only the disable is started by hand, so that the probes move while it runs.
 GUEST = r"""#!/bin/bash
-T=/sys/kernel/tracing; L=/sys/kernel/livepatch; K=__KMOD__
+export KLPT_KMOD=__KMOD__
+source __OUT__/guest_helpers.sh
+T=/sys/kernel/tracing
 mountpoint -q $T || mount -t tracefs nodev $T
 [[ __NOOPT__ == 1 ]] && echo 0 > /proc/sys/debug/kprobes-optimization
-wait_tr() { for j in $(seq 1 600); do [[ "$(cat $L/$1/transition 2>/dev/null)" != 1 ]] && return; sleep 0.05; done; }
-gone() { for j in $(seq 1 600); do [[ ! -e $L/$1 ]] && return; sleep 0.05; done; }
 arm() {
 	local n=0 a
 	for a in $(grep '\[klpt_up1\]' /proc/kallsyms | awk '$2 ~ /^[tT]$/ {print $1}'); do
@@ -44,22 +46,23 @@ arm() {
 		echo "r:rp/r$n 0x$a" >> $T/kprobe_events 2>/dev/null
 	done
 	echo 1 > $T/events/rp/enable 2>/dev/null
+	klog "int3-oops: $(grep -c ':rp/' $T/kprobe_events) probes armed"
 }
 disarm() { echo 0 > $T/events/rp/enable 2>/dev/null; echo > $T/kprobe_events 2>/dev/null; }
-insmod $K/klpt_mod.ko
+load_mod klpt_mod
 for i in $(seq 1 __N__); do
-	echo "int3-oops: iteration $i" > /dev/kmsg
-	insmod $K/klpt_up1.ko
+	klog "int3-oops: iteration $i"
+	load_lp_nowait klpt_up1
 	[[ __MODE__ == probes ]] && arm
-	wait_tr klpt_up1
-	echo 0 > $L/klpt_up1/enabled &
+	loop_until '[[ $(cat $KLP_SYSFS/klpt_up1/transition) == 0 ]]' || die "transition"
+	echo 0 > $KLP_SYSFS/klpt_up1/enabled &
 	[[ __MODE__ == probes ]] && { disarm; arm; }
 	wait
-	gone klpt_up1
+	loop_until '[[ ! -e $KLP_SYSFS/klpt_up1 ]]' || die "klpt_up1 not gone"
 	[[ __MODE__ == probes ]] && disarm
-	rmmod klpt_up1
+	unload_lp klpt_up1
 done
-echo "int3-oops: done __N__" > /dev/kmsg
+klog "int3-oops: done __N__"
 """
 
 
@@ -76,7 +79,9 @@ def main() -> int:
     out = ROOT / "lab-out" / f"int3-oops-{mode}-{cpus}{'-noopt' if noopt else ''}"
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(kmod, out / "kmod", dirs_exist_ok=True)
-    script = (GUEST.replace("__KMOD__", str(out / "kmod")).replace("__N__", str(n))
+    shutil.copy(ROOT / "tracer" / "lab" / "guest_helpers.sh", out)
+    script = (GUEST.replace("__KMOD__", str(out / "kmod")).replace("__OUT__", str(out))
+              .replace("__N__", str(n))
               .replace("__MODE__", mode).replace("__NOOPT__", "1" if noopt else "0"))
     (out / "guest.sh").write_text(script)
     os.environ["KLPT_LAB_VERBOSE"] = "1"          # keep the guest console: the oops
