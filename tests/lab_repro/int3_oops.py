@@ -2,7 +2,7 @@
 and disarmed by hand around livepatch transitions, without klptrace? Not a
 test: an experiment with its figures in docs/lab.md ("The newest line and CI").
 
-    .venv/bin/python -m tests.lab_repro.int3_oops      # after make lab-newest
+    .venv/bin/python -m tests.lab_repro.int3_oops
 
 One guest boot loops N times: insmod klpt_up1 (a livepatch of vmlinux and
 klpt_mod), [arm a kprobe and a kretprobe by address on each of its functions
@@ -12,9 +12,11 @@ No BPF, no daemon. The loop stops at an oops (virtme-ng boots with panic=-1).
 
 Env: KLPT_KERNEL (lab kernel, sid), MODE (probes: the bracketed steps;
 control: without them), N (iterations, 60), CPUS (guest vCPUs, 2),
-NOOPT=1 (debug.kprobes-optimization=0), KMOD (the built test modules of that
-kernel; default the newest-line suite's, lab-out/newest-line-sid/kmod).
-Output: lab-out/int3-oops-MODE-CPUS[-noopt]/console.log.
+NOOPT=1 (debug.kprobes-optimization=0), KLPT_LAB_QEMU (backports: the lab's
+QEMU 10, the default; host: Debian 12's QEMU 7.2). The test modules are built
+for the kernel as the lab builds them (tracer/lab/kmod.py, cached).
+Output: lab-out/int3-oops-KERNEL-QEMU-MODE-CPUS[-noopt]/console.log; the last
+line printed says how many iterations ran, in how long, and whether it oopsed.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tracer.lab import LabError, packages, vm  # noqa: E402
+from tracer.lab import LabError, kmod, packages, qemu, vm  # noqa: E402
 
 # The loop, over the lab's own step helpers (tracer/lab/guest_helpers.sh):
 # only the disable is started by hand, so that the probes move while it runs.
@@ -71,23 +74,25 @@ def main() -> int:
     n = int(os.environ.get("N", "60"))
     cpus = int(os.environ.get("CPUS", "2"))
     noopt = os.environ.get("NOOPT") == "1"
-    kmod = Path(os.environ.get("KMOD", ROOT / "lab-out" / "newest-line-sid" / "kmod"))
-    if mode not in ("probes", "control") or not (kmod / "klpt_up1.ko").exists():
-        print(f"int3_oops: MODE must be probes or control and {kmod} must hold klpt_up1.ko "
-              "(run make lab-newest first, or set KMOD)", file=sys.stderr)
+    if mode not in ("probes", "control"):
+        print("int3_oops: MODE must be probes or control", file=sys.stderr)
         return 2
-    out = ROOT / "lab-out" / f"int3-oops-{mode}-{cpus}{'-noopt' if noopt else ''}"
+    spec = os.environ.get("KLPT_KERNEL", "sid")
+    kernel = packages.resolve_kernel(spec)
+    q = qemu.find()
+    out = ROOT / "lab-out" / (f"int3-oops-{spec}-qemu{q.version}-{mode}-{cpus}"
+                              f"{'-noopt' if noopt else ''}")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(kmod, out / "kmod", dirs_exist_ok=True)
+    shutil.copytree(kmod.build_modules(kernel), out / "kmod", dirs_exist_ok=True)
     shutil.copy(ROOT / "tracer" / "lab" / "guest_helpers.sh", out)
     script = (GUEST.replace("__KMOD__", str(out / "kmod")).replace("__OUT__", str(out))
               .replace("__N__", str(n))
               .replace("__MODE__", mode).replace("__NOOPT__", "1" if noopt else "0"))
     (out / "guest.sh").write_text(script)
     os.environ["KLPT_LAB_VERBOSE"] = "1"          # keep the guest console: the oops
-    kernel = packages.resolve_kernel(os.environ.get("KLPT_KERNEL", "sid"))
+    t0 = time.monotonic()
     try:
-        vm.run_commands(kernel, [f"bash {out / 'guest.sh'}"], timeout=3000,
+        vm.run_commands(kernel, [f"bash {out / 'guest.sh'}"], timeout=max(3000, 30 * n),
                         keep_dir=out, cpus=cpus)
     except LabError as e:
         print(e.one_line(), file=sys.stderr)
@@ -95,8 +100,9 @@ def main() -> int:
         if (out / "console.log").exists() else ""
     its = re.findall(r"int3-oops: iteration (\d+)", console)
     oops = re.search(r"Oops: int3.*\n(?:.*\n){0,5}?.*RIP: 0010:(\S+)", console)
-    print(f"{kernel.release}, {mode}, {cpus} vCPU(s){', no kprobe optimization' if noopt else ''}: "
-          f"{its[-1] if its else 0} of {n} iterations; "
+    print(f"{kernel.release}, QEMU {q.version} ({q.origin}), {mode}, {cpus} vCPU(s)"
+          f"{', no kprobe optimization' if noopt else ''}: "
+          f"{its[-1] if its else 0} of {n} iterations in {time.monotonic() - t0:.0f} s; "
           + (f"oops at {oops.group(1)}" if oops else "no oops")
           + f"; console: {out / 'console.log'}")
     return 1 if oops else 0

@@ -27,7 +27,7 @@ from typing import Callable
 from .cachedir import cache_dir
 from .errors import LabError
 
-HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "python3-bpfcc", "kmod", "make", "gcc",
+HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "python3-bpfcc", "kmod", "make", "gcc", "libc6-dev",
                  "debootstrap")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 MIRROR = "http://deb.debian.org/debian"
@@ -118,10 +118,10 @@ def _apt_env() -> dict[str, str]:
     return {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
-def _run_apt(args: list[str], what: str) -> str:
+def _run_apt(args: list[str], what: str, cwd: Path | None = None) -> str:
     try:
         r = subprocess.run(args, capture_output=True, text=True, env=_apt_env(),
-                           timeout=APT_TIMEOUT)
+                           timeout=APT_TIMEOUT, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise LabError("apt", f"{what}: no result after {APT_TIMEOUT}s") from None
     if r.returncode != 0:
@@ -311,6 +311,3 @@ def kernel_packages(apt: AptConfig, release: str) -> list[str]:
     image = split if len(split) == 2 else [f"linux-image-{release}"]
     return [*image, f"linux-headers-{release}"]
 
-
-def find_qemu() -> str | None:
-    return shutil.which("qemu-system-x86_64")

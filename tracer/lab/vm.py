@@ -24,13 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from . import rootfs
+from . import qemu, rootfs
 from .cachedir import REPO_ROOT
 from .errors import LabError
-from .packages import Kernel, find_qemu
+from .packages import Kernel
 
 MEMORY = "2G"
 CPUS = 2
+CONSOLE_TAIL = 60       # console lines a guest that died leaves in its LabError
+# virtme-ng boots with `quiet loglevel=...` that hides an oops (printed at the
+# default message level, 4) and most of a panic; every lab boot asks for the
+# console to show levels 0-4 (emergencies to warnings), so that a guest that
+# dies leaves its kernel's last words in console.log. Notices and below stay
+# off the (emulated, slow) serial console.
+CONSOLE_LOGLEVEL = "loglevel=5"
 
 
 def _venv_bin() -> Path:
@@ -46,7 +53,8 @@ def vng_path() -> Path:
 
 def _vng_env() -> dict[str, str]:
     # vng runs virtme-run, which lives beside it in the venv's bin/.
-    return {**os.environ, "PATH": f"{_venv_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    return {**os.environ, **qemu.find().vng_env(),
+            "PATH": f"{_venv_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
 
 def root_shares(kernel: Kernel, rwdirs: tuple[Path, ...]) -> list[Path]:
@@ -65,12 +73,11 @@ def root_shares(kernel: Kernel, rwdirs: tuple[Path, ...]) -> list[Path]:
 def vng_argv(kernel: Kernel, *, exec_cmd: str | None = None, rwdirs: tuple[Path, ...] = (),
              cwd: Path | None = None, append: tuple[str, ...] = (),
              cpus: int = CPUS) -> list[str]:
-    if find_qemu() is None:
-        raise LabError("no means", "qemu-system-x86_64 not found (Debian package qemu-system-x86)")
+    q = qemu.find()
     if not kernel.vmlinuz.exists():
         raise LabError("boot", f"{kernel.vmlinuz} missing")
     argv = [str(vng_path()), "--run", str(kernel.vmlinuz), "--disable-kvm",
-            "--memory", MEMORY, "--cpus", str(cpus)]
+            "--memory", MEMORY, "--cpus", str(cpus), *q.vng_args()]
     if kernel.root is None:
         for d in rwdirs:
             argv += ["--rwdir", str(d)]
@@ -86,7 +93,9 @@ def vng_argv(kernel: Kernel, *, exec_cmd: str | None = None, rwdirs: tuple[Path,
     if cwd is not None:
         argv += ["--cwd", str(cwd)]
     if os.environ.get("KLPT_LAB_VERBOSE"):
-        argv += ["--verbose"]      # the guest kernel's console too (console.log): oopses
+        argv += ["--verbose"]      # the guest kernel's whole console (console.log)
+    else:
+        argv += ["--append", CONSOLE_LOGLEVEL]
     for a in append:
         argv += ["--append", a]
     if exec_cmd is not None:
@@ -235,6 +244,16 @@ def run_commands(kernel: Kernel, commands: list[str], *, timeout: float = 600,
         return _run_commands(kernel, commands, Path(d), timeout, on_line, cpus)
 
 
+def console_tail(console_log: Path, lines: int = CONSOLE_TAIL) -> str:
+    """The end of a guest's console: what its kernel said last (an oops, a
+    panic: every lab boot shows them, CONSOLE_LOGLEVEL)."""
+    try:
+        text = console_log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
 def _run_commands(kernel: Kernel, commands: list[str], run: Path, timeout: float,
                   on_line, cpus: int) -> tuple[list[CommandResult], str]:
     script = ["#!/bin/bash"]
@@ -249,6 +268,11 @@ def _run_commands(kernel: Kernel, commands: list[str], run: Path, timeout: float
         wd.on_line = on_line  # type: ignore[method-assign]
     run_guest(kernel, f"bash {run}/run.sh", rwdirs=(run,), console_log=run / "console.log",
               watchdog=wd, cpus=cpus)
+    if not (run / "dmesg").exists():
+        done = sum((run / f"{i}.rc").exists() for i in range(len(commands)))
+        raise LabError("guest", f"the guest stopped after {done} of {len(commands)} commands "
+                                f"(console: {run / 'console.log'}; its end follows)",
+                       detail=console_tail(run / "console.log"))
     results = []
     for i, c in enumerate(commands):
         rc_file = run / f"{i}.rc"
