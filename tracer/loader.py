@@ -6,6 +6,7 @@ when the daemon starts."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from pathlib import Path
 
@@ -101,6 +102,7 @@ class Loader:
             snap[ctypes.c_int(i)] = ctypes.c_int(self.bpf.load_func(name, BPF.KPROBE).fd)
         self.bpf["events"].open_ring_buffer(self._cb)
         self._tp_fds: set[int] = set()
+        self._exit_fds: dict[str, list[int]] = {}      # point -> perf fds of its exit kprobes
         # loaded here, in the main thread: the direct-probe worker only attaches
         self._direct_fds = {p: self.bpf.load_func(p, BPF.KPROBE).fd for p in DIRECT_PROGRAMS}
 
@@ -124,6 +126,35 @@ class Loader:
         except Exception as e:          # bcc raises a bare Exception with the reason
             return str(e).splitlines()[0] if str(e) else type(e).__name__
         return None
+
+    def detach(self, p: Point) -> None:
+        """Undoes attach(p)."""
+        if p.ret:
+            self.bpf.detach_kretprobe(event=p.func, fn_name=p.prog)
+        else:
+            self.bpf.detach_kprobe(event=p.func, fn_name=p.prog)
+
+    def attach_exits(self, p: Point, sites: list[tuple[str, int]]
+                     ) -> tuple[list[tuple[str, int]], str | None]:
+        """Exit kprobes (tracer/probeplan.py ExitProbes): p.prog at each
+        (symbol, offset); a site the kernel refuses with EILSEQ is not an
+        instruction, left out. Another refusal stops here with its reason."""
+        from . import perfkprobe
+        prog = self.bpf.load_func(p.prog, self._BPF.KPROBE).fd
+        fds = self._exit_fds.setdefault(p.name, [])
+        attached = []
+        for sym, off in sites:
+            fd, err = perfkprobe.attach(prog, sym, off)
+            if fd >= 0:
+                fds.append(fd)
+                attached.append((sym, off))
+            elif err != errno.EILSEQ:
+                return attached, f"{sym}+{off:#x}: {os.strerror(err)}"
+        return attached, None
+
+    def detach_exits(self, p: Point) -> None:
+        for fd in self._exit_fds.pop(p.name, []):
+            os.close(fd)
 
     def attach_tracefs(self, group: str, event: str, ret: bool, *,
                        paired: bool = False) -> tuple[int | None, str | None]:
@@ -183,7 +214,47 @@ class Loader:
 
     def close(self) -> None:
         self.detach_tracefs()
+        for fds in self._exit_fds.values():
+            for fd in fds:
+                os.close(fd)
+        self._exit_fds.clear()
         self.bpf.cleanup()
+
+
+class OnDemandProbes:
+    """The plan's on-demand points (probeplan.Point.on_demand: the per-task
+    stall checks), armed and disarmed as the plan attached them (kprobe,
+    kretprobe or exit kprobes). make_plan leaves them attached; the daemon
+    disarms them before it is ready. Return probes are armed before entry
+    probes and disarmed after them: an entry is never seen without its return
+    being watched."""
+
+    def __init__(self, loader: "Loader", results: list):
+        self._loader = loader
+        self._results = sorted(results, key=lambda r: not r.point.ret)    # returns first
+        self.armed = bool(self._results)
+        self.errors = 0          # arm/disarm calls the kernel refused (never fatal)
+
+    def set(self, on: bool) -> None:
+        if on == self.armed or not self._results:
+            return
+        for r in (self._results if on else list(reversed(self._results))):
+            try:
+                if r.how == "exit-kprobes":
+                    if on:
+                        _, err = self._loader.attach_exits(r.point, r.sites)
+                        if err is not None:
+                            self.errors += 1
+                    else:
+                        self._loader.detach_exits(r.point)
+                elif on:
+                    if self._loader.attach(r.point) is not None:
+                        self.errors += 1
+                else:
+                    self._loader.detach(r.point)
+            except Exception:
+                self.errors += 1
+        self.armed = on
 
 
 class BpfStallTable:

@@ -180,7 +180,7 @@ def probes(as_json, preload):
         msg = str(e).strip().splitlines()
         _fail(xc.ATTACH_FAILED, f"BPF load failed: {msg[-1] if msg else type(e).__name__}")
     try:
-        plan = make_plan(loader.attach, kfunc=loader.kfunc_support())
+        plan = make_plan(loader.attach, kfunc=loader.kfunc_support(), exit_probes=loader)
     finally:
         loader.close()
     if as_json:

@@ -44,3 +44,94 @@ def test_skipped_and_unknown_points(monkeypatch):
     import pytest
     with pytest.raises(ValueError, match="unknown point"):
         pp.make_plan(lambda p: None, skip=frozenset({"nope"}))
+
+
+class FakeExits:
+    """exit_probes for make_plan: the 'kernel' accepts the sites in `real`."""
+
+    def __init__(self, real):
+        self.real = real
+        self.attached, self.detached = {}, []
+
+    def attach_exits(self, p, sites):
+        got = [s for s in sites if s in self.real]
+        self.attached[p.name] = got
+        return got, None
+
+    def detach_exits(self, p):
+        self.detached.append(p.name)
+
+
+def exits_of(sites):
+    from tracer import kerneltext as kt
+
+    def function_exits(func):
+        return kt.Exits(func, [(func, 0x100)], [kt.Site(func, o, k, c, callee)
+                                                for o, k, c, callee in sites.get(func, ())])
+    return function_exits
+
+
+def test_no_kretprobe_where_the_unwinder_cannot_pass_its_trampoline(monkeypatch):
+    """5.10: every return point is kprobes on the function's exits; the
+    candidates the kernel refuses (not instructions) are left out."""
+    syms = {p.func for p in pp.POINTS} | {"kretprobe_trampoline"}
+    monkeypatch.setattr(pp, "function_exits", exits_of({
+        "klp_enable_patch": [(0x20, "ret", False, ""), (0x33, "ret", False, "")],
+        "klp_module_going": [(0x38, "tail", False, "mutex_unlock"), (0x3f, "ret", False, "")],
+        "klp_module_coming": [(0x10, "ret", False, "")],
+        "klp_patch_object": [(0x10, "ret", False, "")],
+        "klp_complete_transition": [(0x10, "ret", False, "")],
+        "klp_try_complete_transition": [(0x10, "ret", False, "")],
+    }))
+    fake = FakeExits({("klp_enable_patch", 0x20), ("klp_module_going", 0x38),
+                      ("klp_module_going", 0x3f), ("klp_module_coming", 0x10),
+                      ("klp_patch_object", 0x10), ("klp_complete_transition", 0x10),
+                      ("klp_try_complete_transition", 0x10)})
+    funcs = {p.func for p in pp.POINTS}
+    monkeypatch.setattr(pp, "kernel_facts", lambda f: (set(syms), set(funcs), set(), True))
+    tried = []
+    plan = pp.make_plan(lambda p: tried.append(p) or None, kfunc=True, exit_probes=fake)
+    assert plan.returns is not None and plan.returns.mechanism == "exit-kprobes"
+    assert not [p for p in tried if p.ret], "a kretprobe was attached"
+    r = {x.point.name: x for x in plan.results}
+    assert r["enable-ret"].how == "exit-kprobes" and r["enable-ret"].sites == [("klp_enable_patch", 0x20)]
+    # a void function may leave by a tail call: that is its exit too
+    assert r["module-going-ret"].how == "exit-kprobes" and len(r["module-going-ret"].sites) == 2
+    assert not plan.missing_required()
+    assert plan.to_json()["returns"]["how"] == "exit-kprobes"
+    assert "return points: kprobes on each function's exits" in pp.format_plan(plan)
+
+
+def test_a_return_value_cannot_be_read_at_a_tail_call(monkeypatch):
+    syms = {p.func for p in pp.POINTS} | {"kretprobe_trampoline"}
+    monkeypatch.setattr(pp, "function_exits", exits_of({
+        "klp_enable_patch": [(0x20, "ret", False, ""), (0x40, "tail", False, "helper")],
+        "klp_module_coming": [(0x10, "thunk", True, "")],
+    }))
+    fake = FakeExits({("klp_enable_patch", 0x20), ("klp_enable_patch", 0x40),
+                      ("klp_module_coming", 0x10)})
+    funcs = {p.func for p in pp.POINTS}
+    monkeypatch.setattr(pp, "kernel_facts", lambda f: (set(syms), set(funcs), set(), True))
+    plan = pp.make_plan(lambda p: None, kfunc=True, exit_probes=fake)
+    r = {x.point.name: x for x in plan.results}
+    assert r["enable-ret"].how == "none" and "tail call" in r["enable-ret"].why
+    assert r["module-coming-ret"].how == "none" and "conditional" in r["module-coming-ret"].why
+    assert {"enable-ret", "module-coming-ret"} <= set(fake.detached)
+    assert {"enable-ret", "module-coming-ret"} <= set(plan.missing_required())
+
+
+def test_kretprobes_where_the_kernel_unwinds_through_them(monkeypatch):
+    syms = {p.func for p in pp.POINTS} | {"arch_rethook_trampoline"}
+    funcs = {p.func for p in pp.POINTS}
+    monkeypatch.setattr(pp, "kernel_facts", lambda f: (set(syms), set(funcs), set(), True))
+    fake = FakeExits(set())
+    plan = pp.make_plan(lambda p: None, kfunc=True, exit_probes=fake)
+    assert plan.returns.mechanism == "kretprobe" and not fake.attached
+    assert {r.how for r in plan.results if r.point.ret and not r.point.fallback_for} == {"kretprobe"}
+
+
+def test_the_per_task_stall_checks_are_armed_on_demand(monkeypatch):
+    plan, _ = plan_with(monkeypatch, {p.func for p in pp.POINTS})
+    names = {r.point.name for r in plan.on_demand()}
+    assert names == {"stall-check", "stall-check-ret"}     # the fallback is not needed
+    assert all(pp.ON_DEMAND_TEXT in r.why for r in plan.on_demand())
