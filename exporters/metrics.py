@@ -431,6 +431,11 @@ class StallCollector:
                                   "(4096 tasks): their tasks are missing from the blocker gauges "
                                   "(an `overflow` stall record in the trace says so).",
                                   value=st.untracked_checks)
+        yield GaugeMetricFamily(PREFIX + "stall_probes_armed",
+                                "1 while the per-task stall check probes are armed: only once "
+                                "a sweep of the open transition has left tasks behind "
+                                "(docs/probes.md, \"Effect on transitions\").",
+                                value=1 if getattr(st, "probes_armed", False) else 0)
         yield CounterMetricFamily(PREFIX + "stall_records_suppressed",
                                   "Stall task records the trace bound kept out (more than 64 "
                                   "blockers, or a task's reason changing more than 4 times); the "

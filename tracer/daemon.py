@@ -289,13 +289,17 @@ class Daemon:
     def _start_stalls(self, loader, plan, state: dict) -> None:
         """The stall view (tracer/stalls.py): its records go through the
         inference's queue, which numbers them in order."""
+        from .loader import OnDemandProbes
         from .stalls import StallTracker
         source = plan.stall_source()
         open_now = next(((p["name"], "patched" if p["enabled"] else "unpatched")
                          for p in state["patches"] if p["transition"]), None)
+        on_demand = OnDemandProbes(loader, plan.on_demand())
+        on_demand.set(False)        # armed by the tracker when a sweep leaves tasks behind
         self.stalls = StallTracker(self.inference.out.emit, source=source,
                                    table=loader.stall_table() if source != "proc" else None,
-                                   on_change=self._write_status, open_at_start=open_now)
+                                   on_change=self._write_status, open_at_start=open_now,
+                                   arm=on_demand.set)
         log(f"stalled transitions: source {source}")
 
     # --- the run --------------------------------------------------------------------
@@ -359,6 +363,7 @@ class Daemon:
             probes.start()
             state = kstate.state()
             plan = self.plan = make_plan(loader.attach, kfunc=loader.kfunc_support(),
+                                         exit_probes=loader,
                                          skip=self.skip_points)
             log(f"attached {sum(r.how != 'none' for r in plan.results)} point(s) and "
                 f"{probes.attached} preloaded direct probe(s) in {time.monotonic() - t1:.1f}s")

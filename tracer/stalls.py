@@ -48,6 +48,15 @@ Invariants:
   ``tick`` (never from inside the queue's own write).
 * ``state`` is replaced whole, never mutated: scrapes read it from other
   threads.
+* The per-task check probes (the BPF sources' ``stall-check``/``stall-switch``
+  points, hit for every task at every sweep) are armed (``arm(True)``) only
+  once a sweep of the open transition has left tasks behind, and disarmed
+  when the transition ends or no transition is open: a transition that
+  completes at its first sweep never runs them. A task whose first seen
+  failed check is at the first sweep after the arming had not switched at
+  any earlier sweep of the direction either (a task never switches back
+  within one), so its windows count from the direction's first sweep, and a
+  blocker is still named at the third sweep.
 """
 
 from __future__ import annotations
@@ -128,6 +137,7 @@ class StallState:
     # cumulative, for the life of the daemon
     untracked_checks: int = 0           # failed checks the BPF table had no room for
     records_suppressed: int = 0         # task records the bound kept out of the trace
+    probes_armed: bool = False          # the per-task check probes are armed now
 
     def to_json(self, limit: int = STATE_BLOCKERS) -> dict:
         return {"patch": self.patch, "target": self.target, "opened_ns": self.opened_ns,
@@ -175,6 +185,7 @@ class _Direction:
     sweeps: int = 0
     signals: int = 0
     gen: int | None = None      # the BPF generation of this direction, once read
+    armed_window: int | None = None     # sweeps started when the check probes were armed
     last_done_ns: int = 0       # the sweep the last read followed
     last_read_ns: int = 0
     seen: dict = field(default_factory=dict)        # proc: tid -> (first seen ns, scans)
@@ -185,8 +196,11 @@ class StallTracker:
                  table: StallTable | None = None, on_change: Callable[[StallState], None] | None = None,
                  open_at_start: tuple[str, str] | None = None,
                  clock: Callable[[], int] = time.monotonic_ns,
-                 proc_root: str = procstall.PROC, sysfs_root: str = procstall.LIVEPATCH):
+                 proc_root: str = procstall.PROC, sysfs_root: str = procstall.LIVEPATCH,
+                 arm: Callable[[bool], None] | None = None):
         self._emit = emit
+        self._arm = arm
+        self.probes_armed = False
         self.source = source if table is not None or source == "proc" else "proc"
         self._table = table
         self._on_change = on_change
@@ -223,18 +237,29 @@ class StallTracker:
         d = self._dir
         if d is not None and transition_patch is not None:
             changed |= self._poll(d, now_ns)
+        elif self.probes_armed:
+            changed |= self._set_armed(False)       # nothing open: nothing to check
         if changed:
             self._publish(now_ns)
+
+    def _set_armed(self, on: bool) -> bool:
+        if self._arm is None or on == self.probes_armed:
+            return False
+        self._arm(on)
+        self.probes_armed = on
+        return True
 
     def _transition(self, rec: dict) -> bool:
         e, ts, d = rec["event"], rec["ts_ns"], self._dir
         if e == "init":
             if d is not None:
                 self._end(d, ts, "init")
-            self._dir = _Direction(rec["patch"], rec["target"], ts, None)
+            self._dir = _Direction(rec["patch"], rec["target"], ts, None,
+                                   armed_window=0 if self.probes_armed else None)
         elif e == "start":
             if d is None:
-                self._dir = _Direction(rec["patch"], rec["target"], ts, ts)
+                self._dir = _Direction(rec["patch"], rec["target"], ts, ts,
+                                       armed_window=0 if self.probes_armed else None)
             elif d.opened_ns is None and d.began_ns:
                 d.opened_ns = ts
             # a start after a reverse keeps the first one: the transition
@@ -244,7 +269,8 @@ class StallTracker:
                 return False
             self._end(d, ts, "reverse")
             self._dir = _Direction(d.patch, rec["target"], ts, d.opened_ns,
-                                   forced=d.forced, reversed=True, before_daemon=d.before_daemon)
+                                   forced=d.forced, reversed=True, before_daemon=d.before_daemon,
+                                   armed_window=0 if self.probes_armed else None)
         elif e == "force":
             if d is None:
                 return False
@@ -253,6 +279,7 @@ class StallTracker:
             if d is not None:
                 self._end(d, ts, e)
             self._dir = None
+            self._set_armed(False)
         else:
             return False
         return True
@@ -291,8 +318,13 @@ class StallTracker:
             return False
         if sw.gen_ns < d.began_ns:
             return False        # no sweep of this direction yet
+        armed = False
+        if sw.incomplete or d.before_daemon:
+            armed = self._set_armed(True)           # tasks left behind: watch each check
+            if d.armed_window is None:
+                d.armed_window = sw.started
         if sw.done_end_ns == d.last_done_ns and now - d.last_read_ns < READ_EVERY_NS:
-            return False
+            return armed
         d.last_done_ns, d.last_read_ns, d.gen = sw.done_end_ns, now, sw.gen
         if d.untracked_base is None:
             d.untracked_base = sw.overflow
@@ -305,7 +337,7 @@ class StallTracker:
         for b in entries:
             if b.gen != sw.gen or (sw.done_start_ns and b.last_ns < sw.done_start_ns):
                 stale.append(b.key)     # an earlier direction's, or switched / exited since
-            elif b.last_window >= b.first_window + MIN_WINDOWS - 1:
+            elif b.last_window >= self._first_window(d, b) + MIN_WINDOWS - 1:
                 fn = b.function or None
                 if fn is None and self.source == "switch":
                     fn = self._function_from_proc(d, b.key, b.pid)
@@ -323,6 +355,14 @@ class StallTracker:
                                  since_ns=self._since(d), tasks=len(tasks), signals=sw.signals))
         self._report(d, tasks, now, untracked=sw.overflow - d.untracked_base)
         return True
+
+    @staticmethod
+    def _first_window(d: _Direction, b: rw.Blocker) -> int:
+        """The first sweep of the direction the task failed: a task first seen
+        failing at the first sweep after the arming failed every earlier one."""
+        if d.armed_window and b.first_window == d.armed_window + 1:
+            return 1
+        return b.first_window
 
     def _function_from_proc(self, d: _Direction, key: int, pid: int) -> str | None:
         """The fallback source names no function: /proc/TID/stack, once per task."""
@@ -412,7 +452,8 @@ class StallTracker:
         d = self._dir
         common = {"source": self.source, "as_of_ns": now,
                   "untracked_checks": self.untracked_checks,
-                  "records_suppressed": self.records_suppressed}
+                  "records_suppressed": self.records_suppressed,
+                  "probes_armed": self.probes_armed}
         if d is None:
             self.state = StallState(**common)
         else:

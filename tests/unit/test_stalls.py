@@ -445,3 +445,63 @@ def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace():
 def test_the_status_lock_is_the_daemons():
     from tracer import runcmd, statusfile
     assert statusfile.LOCK == runcmd.LOCK
+
+
+def test_the_per_task_probes_are_armed_only_while_a_sweep_left_tasks_behind():
+    """Issue 21: the check probes cost a hit per task per sweep; a transition
+    that completes at its first sweep never runs them."""
+    table, arms = Table(), []
+    t, out = tracker(table, arm=arms.append)
+    # a transition that completes at its first sweep: never armed
+    open_transition(t)
+    table.sweep(1 * S + 5, {}, complete=True)
+    t.on_record(tr("complete", 1 * S + 9))
+    t.tick(1 * S + 10, None)
+    assert arms == [] and not t.state.probes_armed
+    # one that stalls: armed after the first sweep that left tasks behind ...
+    table.new_direction()
+    open_transition(t, 3 * S)
+    t.tick(3 * S + 3, "lp")
+    assert arms == []
+    table.sweep(3 * S + 5, WORKER)
+    t.tick(3 * S + 9, "lp")
+    assert arms == [True] and t.state.probes_armed
+    table.sweep(4 * S, WORKER)
+    t.tick(4 * S + 9, "lp")
+    assert arms == [True]                       # once
+    # ... and disarmed when it ends
+    t.on_record(tr("complete", 5 * S))
+    t.tick(5 * S + 1, None)
+    assert arms == [True, False] and not t.state.probes_armed
+
+
+def test_no_transition_open_means_nothing_armed():
+    """A transition's end record lost (a gap): the next tick with no
+    transition open disarms."""
+    table, arms = Table(), []
+    t, out = tracker(table, arm=arms.append)
+    open_transition(t)
+    table.sweep(1 * S + 5, WORKER)
+    t.tick(1 * S + 9, "lp")
+    assert arms == [True]
+    t.tick(2 * S, None)
+    assert arms == [True, False]
+
+
+def test_a_blocker_is_still_named_at_the_third_sweep_when_armed_after_the_first():
+    """The first sweep ran unobserved (nothing armed yet); a task failing the
+    first observed sweep had failed every earlier one: it counts from the
+    direction's first sweep."""
+    table, arms = Table(), []
+    t, out = tracker(table, arm=arms.append)
+    open_transition(t)
+    table.sweep(1 * S + 5, {})           # sweep 1 left the worker behind; nobody watched
+    t.tick(1 * S + 9, "lp")
+    assert arms == [True]
+    table.sweep(2 * S, WORKER)           # sweep 2: seen
+    t.tick(2 * S + 9, "lp")
+    assert not [r for r in out if r["event"] == "blocked"]
+    table.sweep(3 * S, WORKER)           # sweep 3: the third of the direction
+    t.tick(3 * S + 9, "lp")
+    blocked = [r for r in out if r["event"] == "blocked"]
+    assert len(blocked) == 1 and blocked[0]["function"] == "klpt_busy_work_func"
