@@ -1,6 +1,10 @@
-"""The kernel lab for pytest: ONE guest boot runs every scenario (session
-fixture `lab_run`); tests then compare each scenario's kernel-log ground truth
-with its expected callback sequence.
+"""The kernel lab for pytest: ONE guest boot runs every scenario three times
+(session fixture `lab_run`: without the tracer, with it inferring, with it
+probing the preloaded callbacks directly; tracer/lab/runner.py
+TRACER_PHASES); tests then compare each scenario's kernel-log ground truth
+with its expected callback sequence (test_scenarios.py), the tracer's
+records with the kernel log (test_tracer.py) and the transitions with and
+without the tracer (test_transitions.py).
 
 KLPT_KERNEL selects the kernel: unset or `stable` (Debian stable's), `6.12`
 (bookworm-backports), `5.10` (bullseye), `sid` (sid's current kernel, booted
@@ -66,11 +70,15 @@ def lab_run(request: pytest.FixtureRequest, lab_means: None) -> LabRun:
         with capman.global_and_fixture_disabled():
             tr.write_line(msg)
 
+    from tracer.lab.runner import TRACER_PHASES
     kernel = os.environ.get("KLPT_KERNEL") or None
+    klptrace = REPO / ".venv" / "bin" / "klptrace"
     try:
-        run = run_scenarios(kernel=kernel, out_dir=lab_out("kernel-tests"), progress=progress)
+        run = run_scenarios(kernel=kernel, out_dir=lab_out("kernel-tests"), progress=progress,
+                            tracer_cmd=f"{klptrace} run", phases=TRACER_PHASES)
     except LabError as e:
-        pytest.fail(e.one_line() + ("\n" + e.detail[-3000:] if e.detail else ""), pytrace=False)
+        from linechecks import fail_lab
+        fail_lab(e)
     _RUN["run"] = run
     return run
 

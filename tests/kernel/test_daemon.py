@@ -45,7 +45,9 @@ GUEST = Path(__file__).with_name("guest_daemon.sh")
 
 @pytest.fixture(scope="module")
 def daemon_run(lab_means, lab_out_dir):
-    from tracer.lab import kmod, packages, vm
+    from linechecks import fail_lab
+
+    from tracer.lab import LabError, kmod, packages, vm
     kernel = packages.resolve_kernel(os.environ.get("KLPT_KERNEL"))
     out_dir = lab_out_dir("daemon")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,8 +60,11 @@ def daemon_run(lab_means, lab_out_dir):
     cases = ("quiet", "midway", "faults", "stall")
     # outputs land in lab-out/daemon-KERNEL/guest/N.out as the cases run: a run
     # ended by the time limit still shows how far each case got
-    results, dmesg = vm.run_commands(kernel, [pre + f"case_{c}" for c in cases], timeout=2400,
-                                     keep_dir=out_dir / "guest")
+    try:
+        results, dmesg = vm.run_commands(kernel, [pre + f"case_{c}" for c in cases],
+                                         timeout=2400, keep_dir=out_dir / "guest")
+    except LabError as e:
+        fail_lab(e)
     got, outs = {}, {}
     for c, r in zip(cases, results):
         outs[c] = r.output

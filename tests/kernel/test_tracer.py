@@ -1,19 +1,19 @@
 """The tracer (`klptrace run`) against the lab's kernel-log ground truth.
 
-Each lab run boots one guest and runs every scenario with one tracer started
-before the first scenario (tracer/lab/runner.py), its trace handed over per
-scenario with SIGHUP, stopped with SIGINT after the last. The tracer's callback
+The lab run (tests/kernel/conftest.py `lab_run`) runs every scenario in one
+guest boot, in phases: in each traced phase one tracer is started before the
+first scenario (tracer/lab/runner.py), its trace handed over per scenario
+with SIGHUP, stopped with SIGINT after the last. The tracer's callback
 records must equal the ground truth of the test modules' kernel log (same
 order, patch, object, callback, pre_patch return code), its transition and
 module records must be there, and the trace must validate clean.
-Without --preload every callback is `inferred`; with it, every one `direct`.
+Without --preload (phase `inferred`) every callback is `inferred`; with it
+(phase `direct`), every one `direct`.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,16 +26,17 @@ ROOT = Path(__file__).resolve().parents[2]
 KLPTRACE = ROOT / ".venv" / "bin" / "klptrace"
 
 
+class Traced:
+    """One traced phase of the lab run: its results and its directory."""
+
+    def __init__(self, lab_run, phase: str):
+        self.results = lab_run.phase(phase)
+        self.run_dir = lab_run.run_dir / phase
+
+
 @pytest.fixture(scope="module", params=["inferred", "direct"])
-def traced_run(request, tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    from tracer.lab import run_scenarios
-    out = tmp_path_factory.mktemp(f"tracer-{request.param}")
-    run = run_scenarios(out_dir=out, tracer_cmd=str(KLPTRACE) + " run",
-                        preload=True if request.param == "direct" else None)
-    print(run.summary())
-    return request.param, run
+def traced_run(request, lab_run):
+    return request.param, Traced(lab_run, request.param)
 
 
 def test_callbacks_equal_ground_truth(traced_run):

@@ -26,7 +26,8 @@ def test_tracer_started_once_and_trace_handed_over_per_scenario(lab_means: None,
                             tracer_cmd=f"{sys.executable} {FAKE}", preload=True,
                             progress=lambda m: None)
     except LabError as e:
-        pytest.fail(e.one_line(), pytrace=False)
+        from linechecks import fail_lab
+        fail_lab(e)
     r = run.result("target-not-present")
     if not r.ok:
         pytest.fail(r.report() + "\ntracer log:\n"

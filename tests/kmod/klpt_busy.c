@@ -11,7 +11,9 @@
  *   loaded right after insmod reliably finds it busy), and with sleep_secs=0
  *   waits for it to finish (its messages come before insmod returns);
  * - module exit cuts the wait short, so a scenario can use a generous
- *   sleep_secs (robust on a slow TCG host) without waiting it out at rmmod.
+ *   sleep_secs (robust on a slow TCG host) without waiting it out at rmmod;
+ * - writing 1 to the `release` parameter cuts it short too, with the module
+ *   staying loaded: a stalled transition can then go on to complete.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -25,6 +27,24 @@
 static int sleep_secs;
 module_param(sleep_secs, int, 0644);
 MODULE_PARM_DESC(sleep_secs, "seconds the worker stays in klpt_busy_work_func (default 0)");
+
+static void klpt_busy_release(void);
+
+static int set_release(const char *val, const struct kernel_param *kp)
+{
+	bool on;
+	int ret = kstrtobool(val, &on);
+
+	if (ret)
+		return ret;
+	if (on)
+		klpt_busy_release();
+	return 0;
+}
+
+static const struct kernel_param_ops release_ops = { .set = set_release };
+module_param_cb(release, &release_ops, NULL, 0200);
+MODULE_PARM_DESC(release, "write 1: the worker leaves klpt_busy_work_func now");
 
 static void klpt_busy_work_func(struct work_struct *work);
 static DECLARE_WORK(work, klpt_busy_work_func);
@@ -51,10 +71,15 @@ static int klpt_busy_init(void)
 	return 0;
 }
 
-static void klpt_busy_exit(void)
+static void klpt_busy_release(void)
 {
 	WRITE_ONCE(stop, true);
 	wake_up(&stop_wq);
+}
+
+static void klpt_busy_exit(void)
+{
+	klpt_busy_release();
 	flush_work(&work);
 	pr_info("%s\n", __func__);
 }

@@ -1,23 +1,30 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 # klptrace lab: the guest-side driver. One guest boot runs every planned
-# scenario in turn. Usage (inside the VM): guest_driver.sh RUN_DIR
+# scenario in turn, in each phase. Usage (inside the VM): guest_driver.sh RUN_DIR
 #
 # RUN_DIR (shared read-write with the host) holds, written by the host:
-#   plan.sh            KLPT_SCENARIOS=(...), KLPT_KMOD, timeouts, KLPT_TRACER_CMD
+#   plan.sh            KLPT_SCENARIOS=(...), KLPT_KMOD, timeouts, and the phases:
+#                      KLPT_PHASE_DIRS=(...) and KLPT_PHASE_TRACERS=(...), a
+#                      tracer command per phase ("" for none)
 #   steps/NAME.steps   one helper call per line (guest_helpers.sh)
-# and receives, per scenario NAME:
-#   NAME.dmesg         the kernel log of that scenario only
+# and receives, in each phase's directory, per scenario NAME:
+#   NAME.dmesg         the kernel log of that scenario only, with a marker
+#                      before and after each step (its duration on the
+#                      kernel's clock)
 #   NAME.steps.log     each step, its output and exit code
 #   NAME.status        "ok", or "failed: <why>" (the last line written)
 #   NAME.jsonl, NAME.tracer.rc    only with a tracer command
-# plus boot.dmesg (the log before the first scenario) and driver.log, and with
-# a tracer tracer.log and tracer.rc (its exit code at the end).
+# plus, with a tracer, tracer.log and tracer.rc (its exit code at the end) and
+# metrics.prom; and once in RUN_DIR boot.dmesg (the log before the first
+# scenario) and driver.log.
 #
-# The tracer runs once for the whole boot (a bcc compile takes 30-90 s under
-# TCG: once per scenario would not fit CI's budget). Each scenario's trace is
-# handed over the way logrotate does it: rename the file, SIGHUP, and the
-# daemon drains what it has and reopens the path with a fresh header.
+# The tracer runs once per phase (a bcc compile takes 30-90 s under TCG: once
+# per scenario would not fit CI's budget). Each scenario's trace is handed
+# over the way logrotate does it: rename the file, SIGHUP, and the daemon
+# drains what it has and reopens the path with a fresh header. The phases run
+# the same scenarios without a tracer and with each tracer command, so one
+# boot measures what the tracer does to them (tests/kernel/test_lines.py).
 #
 # Progress goes to stdout as "klpt-lab: ..." lines; the host watches them for
 # its boot and step time limits.
@@ -33,13 +40,13 @@ setup_kernel_logging() {
 	# Userspace writes to /dev/kmsg are rate limited (10 per 5 s) by default;
 	# the step markers would be dropped.
 	echo on > /proc/sys/kernel/printk_devkmsg
-	# The livepatch core's pr_debug transition messages, as the selftests do;
-	# klp_try_switch_task is too chatty during a stalled transition.
+	# The livepatch core's pr_debug transition messages, as the selftests do.
 	local ctl=/proc/dynamic_debug/control
 	[[ -e $ctl ]] || ctl=/sys/kernel/debug/dynamic_debug/control
 	if [[ -e $ctl ]]; then
+		# klp_try_switch_task's messages included: "has an unreliable
+		# stack" is how a test sees a task the core could not switch
 		echo 'file kernel/livepatch/* +p' > "$ctl"
-		echo 'func klp_try_switch_task -p' > "$ctl" 2>/dev/null
 	else
 		say "warning: no dynamic_debug control; no transition messages"
 	fi
@@ -49,25 +56,26 @@ setup_kernel_logging() {
 }
 
 TRACER_PID=
-TRACE_NOW="$RUN_DIR/tracer-current.jsonl"
+OUT=            # the current phase's directory
+TRACE_NOW=
 # start_tracer: run the host-given tracer command in the background and wait
 # for it to create its ready file. Returns 1 (with a reason in TRACER_ERROR)
 # when it exits or is not ready in time.
 start_tracer() {
-	local ready="$RUN_DIR/tracer.ready" i=0
-	rm -f "$ready" "$TRACE_NOW" "$RUN_DIR/tracer.rc"
+	local ready="$OUT/tracer.ready" i=0
+	rm -f "$ready" "$TRACE_NOW" "$OUT/tracer.rc"
 	say "starting tracer"
 	# Job control: a background job of a non-interactive shell ignores SIGINT,
 	# and SIGINT is how the tracer is told to stop.
 	set -m
 	eval "exec $KLPT_TRACER_CMD --trace \"$TRACE_NOW\" --ready-file \"$ready\"" \
-		> "$RUN_DIR/tracer.log" 2>&1 &
+		> "$OUT/tracer.log" 2>&1 &
 	TRACER_PID=$!
 	set +m
 	while [[ ! -e $ready ]]; do
 		if ! kill -0 "$TRACER_PID" 2>/dev/null; then
-			wait "$TRACER_PID"; echo $? > "$RUN_DIR/tracer.rc"
-			TRACER_ERROR="tracer exited (rc $(cat "$RUN_DIR/tracer.rc")) before it was ready"
+			wait "$TRACER_PID"; echo $? > "$OUT/tracer.rc"
+			TRACER_ERROR="tracer exited (rc $(cat "$OUT/tracer.rc")) before it was ready"
 			TRACER_PID=
 			return 1
 		fi
@@ -92,7 +100,7 @@ hand_over_trace() {
 	fi
 	# the BPF ring buffer is polled every 200 ms: let the last events arrive
 	sleep 0.5
-	mv "$TRACE_NOW" "$RUN_DIR/$name.jsonl"
+	mv "$TRACE_NOW" "$OUT/$name.jsonl"
 	kill -HUP "$TRACER_PID"
 	while [[ ! -s $TRACE_NOW ]]; do
 		if [[ $((i++)) -ge $((KLPT_TRACER_STOP_TIMEOUT * 10)) ]] || ! kill -0 "$TRACER_PID" 2>/dev/null; then
@@ -101,14 +109,14 @@ hand_over_trace() {
 		fi
 		sleep 0.1
 	done
-	echo 0 > "$RUN_DIR/$name.tracer.rc"
+	echo 0 > "$OUT/$name.tracer.rc"
 }
 
 # scrape_metrics: one real HTTP scrape of the tracer's Prometheus endpoint
 # (its default address) into metrics.prom; the host checks it against the
 # traces. A tracer without an endpoint leaves no file.
 scrape_metrics() {
-	/usr/bin/python3 - "$RUN_DIR/metrics.prom" <<'PY' || say "no metrics scraped"
+	/usr/bin/python3 - "$OUT/metrics.prom" <<'PY' || say "no metrics scraped"
 import sys, urllib.request
 body = urllib.request.urlopen("http://127.0.0.1:19557/metrics", timeout=10).read()
 open(sys.argv[1], "wb").write(body)
@@ -130,13 +138,16 @@ stop_tracer() {
 		sleep 0.1
 	done
 	wait "$TRACER_PID"; rc=$?
-	echo "$rc" > "$RUN_DIR/tracer.rc"
+	echo "$rc" > "$OUT/tracer.rc"
 	say "tracer stopped (rc $rc)"
 	TRACER_PID=
 }
 
-# run_steps NAME: the scenario's steps, each echoed and logged; stops at the
-# first failing step (a helper's die). Runs in a subshell so die ends only it.
+# run_steps NAME: the scenario's steps, each echoed and logged, and marked in
+# the kernel log before and after ("klpt-lab: step N begin: STEP", "klpt-lab:
+# step N end rc=RC": tracer/lab/runner.py reads each step's duration from
+# them); stops at the first failing step (a helper's die). Runs in a
+# subshell so die ends only it.
 run_steps() {
 	local name="$1"
 	(
@@ -146,13 +157,15 @@ run_steps() {
 			n=$((n + 1))
 			say "$name: step $n: $step"
 			echo "% $step"
+			klog "step $n begin: $step"
 			# Own subshell: a helper's die ends this step only, and is logged.
 			( eval "$step" ) 2>&1
 			rc=$?
+			klog "step $n end rc=$rc"
 			echo "rc=$rc"
 			[[ $rc == 0 ]] || { echo "FAILED step $n: $step"; exit 1; }
 		done < "$RUN_DIR/steps/$name.steps"
-	) > "$RUN_DIR/$name.steps.log" 2>&1
+	) > "$OUT/$name.steps.log" 2>&1
 }
 
 run_scenario() {
@@ -165,29 +178,32 @@ run_scenario() {
 		status="failed: $TRACER_ERROR"
 	fi
 	if ! run_steps "$name"; then
-		status="failed: $(grep '^FAILED' "$RUN_DIR/$name.steps.log" | tail -1 | cut -c8-)"
-		status+=" ($(grep '^ERROR' "$RUN_DIR/$name.steps.log" | tail -1))"
+		status="failed: $(grep '^FAILED' "$OUT/$name.steps.log" | tail -1 | cut -c8-)"
+		status+=" ($(grep '^ERROR' "$OUT/$name.steps.log" | tail -1))"
 	fi
 	klog "===== end of scenario $name ====="
-	dmesg > "$RUN_DIR/$name.dmesg"
+	dmesg > "$OUT/$name.dmesg"
 	reset_livepatch_state || { [[ $status == ok ]] && status="failed: cleanup left livepatch state behind"; }
 	if [[ -n $KLPT_TRACER_CMD && -z $TRACER_ERROR ]] && ! hand_over_trace "$name"; then
 		[[ $status == ok ]] && status="failed: $TRACER_ERROR"
 	fi
-	echo "$status" > "$RUN_DIR/$name.status"
+	echo "$status" > "$OUT/$name.status"
 	say "$name: end $status ($((SECONDS - t0))s)"
 }
 
-main() {
-	say "driver started on $(uname -r)"
-	dmesg > "$RUN_DIR/boot.dmesg"
-	setup_kernel_logging
+# run_phase I: every scenario, with phase I's tracer (if any) around them all.
+run_phase() {
+	local i="$1" name
+	OUT="${KLPT_PHASE_DIRS[$i]}"
+	KLPT_TRACER_CMD="${KLPT_PHASE_TRACERS[$i]}"
+	TRACE_NOW="$OUT/tracer-current.jsonl"
 	TRACER_ERROR=
+	mkdir -p "$OUT"
+	say "phase $((i + 1)) of ${#KLPT_PHASE_DIRS[@]}: ${KLPT_TRACER_CMD:-no tracer}"
 	if [[ -n $KLPT_TRACER_CMD ]]; then
 		reset_livepatch_state
 		start_tracer || say "tracer failed: $TRACER_ERROR"
 	fi
-	local name
 	for name in "${KLPT_SCENARIOS[@]}"; do
 		run_scenario "$name"
 	done
@@ -195,6 +211,16 @@ main() {
 		scrape_metrics
 		stop_tracer
 	fi
+}
+
+main() {
+	say "driver started on $(uname -r)"
+	dmesg > "$RUN_DIR/boot.dmesg"
+	setup_kernel_logging
+	local i
+	for i in "${!KLPT_PHASE_DIRS[@]}"; do
+		run_phase "$i"
+	done
 	say "driver done"
 }
 

@@ -13,8 +13,10 @@ KLPT_STEP_TIMEOUT=${KLPT_STEP_TIMEOUT:-60}
 KLP_SYSFS=/sys/kernel/livepatch
 
 # klog MSG: a marker line in the kernel log, so the log reads like the steps.
+# At KERN_INFO: the lab's console shows warnings and worse only (vm.py), and
+# the markers are for the log, not for the (slow, emulated) serial console.
 klog() {
-	echo "klpt-lab: $*" > /dev/kmsg
+	echo "<6>klpt-lab: $*" > /dev/kmsg
 }
 
 die() {
@@ -103,6 +105,37 @@ disable_lp() {
 		die "livepatch $mod not gone ${KLPT_STEP_TIMEOUT}s after disabling"
 }
 
+# wait_transition NAME: wait until livepatch NAME's transition is over.
+wait_transition() {
+	local mod="$1"
+	loop_until 'grep -q "^0$" $KLP_SYSFS/$mod/transition' ||
+		die "livepatch $mod: transition did not finish in ${KLPT_STEP_TIMEOUT}s"
+}
+
+# release_busy: klpt_busy's worker leaves klpt_busy_work_func now (the module
+# stays loaded), so a transition it stalled can complete.
+release_busy() {
+	klog "% echo 1 > /sys/module/klpt_busy/parameters/release"
+	echo 1 > /sys/module/klpt_busy/parameters/release || die "cannot release klpt_busy's worker"
+}
+
+# start_getpid_loops N: N processes calling getpid(2) in a loop (klpt_getpid),
+# as the kernel's test-syscall.sh starts them; stop_getpid_loops ends them.
+start_getpid_loops() {
+	local i
+	klog "% start $1 getpid loops"
+	for i in $(seq 1 "$1"); do
+		"$KLPT_KMOD/klpt_getpid" > /dev/null 2>&1 &
+	done
+	loop_until '[[ $(pgrep -cx klpt_getpid) -ge '"$1"' ]]' || die "getpid loops did not start"
+}
+
+stop_getpid_loops() {
+	klog "% stop getpid loops"
+	pkill -x klpt_getpid
+	loop_until '! pgrep -x klpt_getpid > /dev/null' || die "getpid loops still running"
+}
+
 # set_pre_patch_ret NAME VALUE: change what NAME's pre_patch callbacks return.
 set_pre_patch_ret() {
 	local mod="$1" ret="$2"
@@ -124,6 +157,7 @@ record_text() {
 # what it could not clean (returns 1).
 reset_livepatch_state() {
 	local lp mod ok=0
+	pkill -x klpt_getpid 2>/dev/null
 	for lp in "$KLP_SYSFS"/*; do
 		[[ -e "$lp/enabled" ]] || continue
 		# A stalled transition cannot be waited out; reverse it by disabling.

@@ -19,10 +19,13 @@ from .rootfs import chroot_argv
 
 # keep in step with tests/kmod/Makefile (tests/unit/test_lab_modules.py)
 LIVEPATCHES = ("klpt_lp", "klpt_lp2", "klpt_up1", "klpt_up2", "klpt_cum1", "klpt_cum2",
-               "klpt_cum3", "klpt_many", "klpt_kp", "klpt_kb")
+               "klpt_cum3", "klpt_many", "klpt_kp", "klpt_kb", "klpt_sys")
 TARGETS = ("klpt_mod", "klpt_busy", "klpt_t01", "klpt_t02", "klpt_t03", "klpt_t09",
            "klpt_t10", "klpt_t11")
 MODULES = LIVEPATCHES + TARGETS
+# user-space programs of the scenarios, built static with the host's gcc
+# beside the modules (one binary runs over any guest root)
+PROGRAMS = ("klpt_getpid",)
 BUILD_TIMEOUT = 300
 ROOT_KMOD_DIR = "/var/lib/klptrace-lab/kmod"   # in a guest root (its /var/cache is hidden)
 
@@ -51,7 +54,8 @@ def build_modules(kernel: Kernel, progress: Callable[[str], None] = print) -> Pa
     stamp = out / ".klpt-sources"
     digest = _digest(kernel)
     if (stamp.exists() and stamp.read_text() == digest
-            and all((out / f"{m}.ko").exists() for m in MODULES)):
+            and all((out / f"{m}.ko").exists() for m in MODULES)
+            and all((out / p).exists() for p in PROGRAMS)):
         return out
     if out.exists():
         shutil.rmtree(out)
@@ -74,6 +78,12 @@ def build_modules(kernel: Kernel, progress: Callable[[str], None] = print) -> Pa
     missing = [m for m in MODULES if not (out / f"{m}.ko").exists()]
     if missing:
         raise LabError("build", f"make succeeded but {', '.join(missing)}.ko missing")
+    for prog in PROGRAMS:
+        r = subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(out / prog),
+                            str(out / f"{prog}.c")], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise LabError("build", f"{prog}: {(r.stderr.strip().splitlines() or ['gcc failed'])[0]}",
+                           detail=r.stderr)
     stamp.write_text(digest)
     return out
 
@@ -84,4 +94,6 @@ def stage_modules(built: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for m in MODULES:
         shutil.copy2(built / f"{m}.ko", dest / f"{m}.ko")
+    for p in PROGRAMS:
+        shutil.copy2(built / p, dest / p)
     return dest

@@ -44,6 +44,31 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One pass over the scenarios in a boot: without the tracer, or with the
+    tracer command (and these --preload modules: True for the lab's own)."""
+    name: str
+    tracer: bool = False
+    preload: "bool | tuple[str, ...]" = False
+
+
+# The phases of a run that measures what the tracer does (tests/kernel/test_lines.py):
+# the same scenarios without it, with it inferring, with it probing directly.
+TRACER_PHASES = (Phase("none"), Phase("inferred", tracer=True),
+                 Phase("direct", tracer=True, preload=True))
+
+STEP_MARK = re.compile(r"^\[\s*(\d+\.\d+)\] klpt-lab: step (\d+) (begin: (.*)|end rc=(-?\d+))$")
+
+
+@dataclass(frozen=True)
+class StepTime:
+    n: int
+    step: str
+    seconds: float      # on the guest kernel's clock, begin marker to end marker
+    rc: int
+
+
 @dataclass
 class ScenarioResult:
     scenario: Scenario
@@ -52,6 +77,23 @@ class ScenarioResult:
     observed: list[CallbackRecord]
     dmesg: str
     steps_log: str
+    phase: str = ""
+
+    def step_times(self) -> list[StepTime]:
+        """Each step that ended, with its duration (the driver's markers)."""
+        begun: dict[int, tuple[float, str]] = {}
+        out = []
+        for line in self.dmesg.splitlines():
+            m = STEP_MARK.match(line.strip())
+            if not m:
+                continue
+            t, n = float(m.group(1)), int(m.group(2))
+            if m.group(4) is not None:
+                begun[n] = (t, m.group(4))
+            elif n in begun:
+                t0, step = begun.pop(n)
+                out.append(StepTime(n, step, t - t0, int(m.group(5))))
+        return out
 
     @property
     def name(self) -> str:
@@ -123,8 +165,12 @@ class LabRun:
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
 
-    def result(self, name: str) -> ScenarioResult:
-        return next(r for r in self.results if r.name == name)
+    def result(self, name: str, phase: str | None = None) -> ScenarioResult:
+        return next(r for r in self.results
+                    if r.name == name and (phase is None or r.phase == phase))
+
+    def phase(self, phase: str) -> list[ScenarioResult]:
+        return [r for r in self.results if r.phase == phase]
 
     def summary(self) -> str:
         t = self.timings
@@ -132,7 +178,7 @@ class LabRun:
                  f"total {t.get('total', 0):.0f}s (kernel {t.get('kernel', 0):.0f}s, "
                  f"build {t.get('build', 0):.0f}s, vm {t.get('vm', 0):.0f}s); logs in {self.run_dir}"]
         for r in self.results:
-            lines.append(f"  {'ok  ' if r.ok else 'FAIL'} {r.name}"
+            lines.append(f"  {'ok  ' if r.ok else 'FAIL'} {r.phase + ': ' if r.phase else ''}{r.name}"
                          + ("" if r.ok else f"  ({r.status}; callbacks "
                             f"{'match' if r.matches else 'differ'})"))
         return "\n".join(lines)
@@ -193,19 +239,23 @@ def _preload_paths(preload: bool | Iterable[str | Path] | None, staged: Path) ->
     return [str(Path(p).resolve()) for p in preload]   # type: ignore[union-attr]
 
 
-def _prepare_run_dir(run_dir: Path, chosen: list[Scenario]) -> None:
+def _prepare_run_dir(run_dir: Path, chosen: list[Scenario], dirs: list[Path]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     # Remove only what this lab writes, so a reused --out DIR never mixes runs.
-    for s in chosen:
-        for f in run_dir.glob(f"{s.name}.*"):
-            f.unlink()
+    for d in dirs:
+        for s in chosen:
+            for f in d.glob(f"{s.name}.*"):
+                f.unlink()
+        for name in ("tracer.log", "tracer.rc", "metrics.prom", "tracer-current.jsonl"):
+            (d / name).unlink(missing_ok=True)
     for name in ("plan.sh", "boot.dmesg", "driver.log", "console.log"):
         (run_dir / name).unlink(missing_ok=True)
     for sub in ("steps", "guest"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
 
 
-def _write_plan(run_dir: Path, chosen: list[Scenario], staged: Path, tracer_line: str) -> None:
+def _write_plan(run_dir: Path, chosen: list[Scenario], staged: Path,
+                phases: list[tuple[Path, str]]) -> None:
     (run_dir / "steps").mkdir()
     for s in chosen:
         (run_dir / "steps" / f"{s.name}.steps").write_text(
@@ -219,7 +269,8 @@ def _write_plan(run_dir: Path, chosen: list[Scenario], staged: Path, tracer_line
         f"KLPT_SCENARIOS=({' '.join(shlex.quote(s.name) for s in chosen)})",
         f"KLPT_KMOD={shlex.quote(str(staged))}",
         f"KLPT_STEP_TIMEOUT={STEP_TIMEOUT}",
-        f"KLPT_TRACER_CMD={shlex.quote(tracer_line)}",
+        f"KLPT_PHASE_DIRS=({' '.join(shlex.quote(str(d)) for d, _ in phases)})",
+        f"KLPT_PHASE_TRACERS=({' '.join(shlex.quote(t) for _, t in phases)})",
         f"KLPT_TRACER_READY_TIMEOUT={TRACER_READY_TIMEOUT}",
         f"KLPT_TRACER_STOP_TIMEOUT={TRACER_STOP_TIMEOUT}",
     ]
@@ -230,24 +281,27 @@ def _read(p: Path) -> str:
     return p.read_text(errors="replace") if p.exists() else ""
 
 
-def _collect(run_dir: Path, s: Scenario) -> ScenarioResult:
+def _collect(run_dir: Path, s: Scenario, phase: str) -> ScenarioResult:
     status = _read(run_dir / f"{s.name}.status").strip() or "not run"
     dmesg = _read(run_dir / f"{s.name}.dmesg")
     return ScenarioResult(s, run_dir, status, parse_log(dmesg), dmesg,
-                          _read(run_dir / f"{s.name}.steps.log"))
+                          _read(run_dir / f"{s.name}.steps.log"), phase)
 
 
 def run_scenarios(kernel: str | Kernel | None = None, only: str | list[str] | None = None,
                   out_dir: str | Path = "lab-out", tracer_cmd: str | None = None,
                   preload: bool | Iterable[str | Path] | None = None,
-                  progress: Progress = _print, cpus: int = vm.CPUS) -> LabRun:
+                  progress: Progress = _print, cpus: int = vm.CPUS,
+                  phases: Iterable[Phase] | None = None) -> LabRun:
     """Run the chosen scenarios (all by default) in one guest boot.
 
     kernel: a Kernel, or a --kernel spec ("6.12", ...); None: $KLPT_KERNEL,
     else Debian stable's kernel. tracer_cmd: a command line run in the guest
     around each scenario (see module doc). preload: True for the lab's own
     livepatch .ko files, or paths, passed to the tracer as --preload.
-    cpus: the guest's vCPUs.
+    cpus: the guest's vCPUs. phases: run the scenarios once per phase (each
+    in out_dir/PHASE/, results tagged with the phase), the tracer command
+    around those whose phase asks for it; without, one pass in out_dir.
     Raises LabError when the lab itself cannot run (apt, build, boot or step
     timeout); a scenario whose callbacks differ is a result, not an error."""
     t_start = time.monotonic()
@@ -266,17 +320,27 @@ def run_scenarios(kernel: str | Kernel | None = None, only: str | list[str] | No
     timings["build"] = time.monotonic() - t
 
     run_dir = Path(out_dir).resolve()
-    _prepare_run_dir(run_dir, chosen)
+    if phases is None:
+        plan_phases = [(Phase("", tracer=bool(tracer_cmd), preload=preload or False), run_dir)]
+    else:
+        plan_phases = [(p, run_dir / p.name) for p in phases]
+    _prepare_run_dir(run_dir, chosen, [d for _, d in plan_phases])
     staged = kmod.stage_modules(built, run_dir / "kmod")
-    tracer_line = ""
-    if tracer_cmd:
-        tracer_line = " ".join([tracer_cmd] + [f"--preload {shlex.quote(p)}"
-                                               for p in _preload_paths(preload, staged)])
-    _write_plan(run_dir, chosen, staged, tracer_line)
 
+    def tracer_line(p: Phase) -> str:
+        if not (p.tracer and tracer_cmd):
+            return ""
+        return " ".join([tracer_cmd] + [f"--preload {shlex.quote(x)}"
+                                        for x in _preload_paths(p.preload, staged)])
+
+    lines = [(d, tracer_line(p)) for p, d in plan_phases]
+    _write_plan(run_dir, chosen, staged, lines)
+
+    traced = any(t for _, t in lines)
     progress(f"lab: booting {kernel.release} under TCG for {len(chosen)} scenario(s)"
-             + (" with tracer" if tracer_line else ""))
-    per_scenario = SCENARIO_TIMEOUT + (2 * TRACER_STOP_TIMEOUT if tracer_line else 0)
+             + (f" in {len(lines)} phases" if len(lines) > 1 else "")
+             + (" with tracer" if traced else ""))
+    per_scenario = SCENARIO_TIMEOUT + (2 * TRACER_STOP_TIMEOUT if traced else 0)
     watchdog = ScenarioWatchdog(progress, per_scenario)
     t = time.monotonic()
     driver = run_dir / "guest" / "guest_driver.sh"
@@ -285,10 +349,11 @@ def run_scenarios(kernel: str | Kernel | None = None, only: str | list[str] | No
                  cpus=cpus)
     timings["vm"] = time.monotonic() - t
     if not watchdog.finished:
-        tail = "; ".join(_read(run_dir / "console.log").strip().splitlines()[-3:])
         raise LabError("guest", f"the guest stopped before the driver finished "
-                                f"({watchdog.phase}); console: {tail}")
+                                f"({watchdog.phase}; console: {run_dir / 'console.log'}, its end "
+                                "follows)", detail=vm.console_tail(run_dir / "console.log"))
     timings["total"] = time.monotonic() - t_start
-    run = LabRun(kernel, run_dir, [_collect(run_dir, s) for s in chosen], timings)
+    run = LabRun(kernel, run_dir, [_collect(d, s, p.name) for p, d in plan_phases
+                                   for s in chosen], timings)
     (run_dir / "summary.txt").write_text(run.summary() + "\n")
     return run

@@ -24,6 +24,7 @@ UP1, UP2 = "klpt_up1", "klpt_up2"
 CUM1, CUM2, CUM3 = "klpt_cum1", "klpt_cum2", "klpt_cum3"
 MANY = "klpt_many"
 KP, KB = "klpt_kp", "klpt_kb"
+SYS = "klpt_sys"
 VMLINUX, MOD, BUSY = "vmlinux", "klpt_mod", "klpt_busy"
 PRE, POST, PRE_UN, POST_UN = "pre_patch", "post_patch", "pre_unpatch", "post_unpatch"
 ENODEV = -19
@@ -310,6 +311,66 @@ def _producer(name: str, patch: str, layout: str) -> Scenario:
 
 SCENARIOS += (_producer("producer-kpatch", KP, "kpatch-build"),
               _producer("producer-klp-build", KB, "klp-build"))
+
+# Transitions under load (issue 21): the shapes whose duration the tracer
+# must not change (tests/kernel/test_lines.py measures each waiting step with
+# and without it). With target-before-livepatch (an enable and a disable) and
+# busy-target (a stalled transition reversed), these are TRANSITION_SCENARIOS.
+SCENARIOS += (
+    Scenario(
+        "many-tasks-switching",
+        "Eight processes call getpid in a loop while klpt_sys patches it and "
+        "unpatches it: every one runs the patched function and switches as it "
+        "returns to user space (the kernel's test-syscall.sh).",
+        steps=("start_getpid_loops 8",
+               "load_lp klpt_sys",
+               "disable_lp klpt_sys",
+               "unload_lp klpt_sys",
+               "stop_getpid_loops"),
+        expected=_cycle(SYS, (VMLINUX,)),
+    ),
+    Scenario(
+        "second-livepatch-waits",
+        "klpt_lp's transition stalls on klpt_busy's worker; loading klpt_lp2 meanwhile "
+        "waits for klp_mutex and is refused (-EBUSY: a transition is in progress) "
+        "without a callback; once the worker leaves, the transition completes.",
+        steps=("load_mod klpt_busy sleep_secs=60",
+               "load_lp_nowait klpt_lp",
+               "sleep 2",
+               "load_failing_mod klpt_lp2",
+               "release_busy",
+               "wait_transition klpt_lp",
+               "disable_lp klpt_lp",
+               "unload_lp klpt_lp",
+               "unload_mod klpt_busy"),
+        expected=_cycle(LP, (VMLINUX, BUSY)),
+    ),
+    Scenario(
+        "target-loads-during-transition",
+        "klpt_lp's transition stalls on klpt_busy's worker; klpt_mod loads meanwhile "
+        "(pre-patch only: its object is patched into the transition); once the worker "
+        "leaves, the transition completes with every object's post-patch.",
+        steps=("load_mod klpt_busy sleep_secs=60",
+               "load_lp_nowait klpt_lp",
+               "sleep 2",
+               "load_mod klpt_mod",
+               "release_busy",
+               "wait_transition klpt_lp",
+               "disable_lp klpt_lp",
+               "unload_lp klpt_lp",
+               "unload_mod klpt_mod",
+               "unload_mod klpt_busy"),
+        expected=(_pre(LP, VMLINUX), _pre(LP, BUSY), _pre(LP, MOD))
+        + tuple(_cb(LP, o, POST) for o in (VMLINUX, MOD, BUSY))
+        + tuple(_cb(LP, o, PRE_UN) for o in (VMLINUX, MOD, BUSY))
+        + tuple(_cb(LP, o, POST_UN) for o in (VMLINUX, MOD, BUSY)),
+    ),
+)
+
+TRANSITION_SCENARIOS = ("target-before-livepatch", "busy-target", "many-tasks-switching",
+                        "second-livepatch-waits", "target-loads-during-transition")
+# the steps whose duration is a transition's (each waits for one to end)
+WAITING_STEPS = ("load_lp ", "disable_lp ", "wait_transition ")
 
 BY_NAME = {s.name: s for s in SCENARIOS}
 NAMES = tuple(BY_NAME)
