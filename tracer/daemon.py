@@ -294,7 +294,7 @@ class Daemon:
         source = plan.stall_source()
         open_now = next(((p["name"], "patched" if p["enabled"] else "unpatched")
                          for p in state["patches"] if p["transition"]), None)
-        on_demand = OnDemandProbes(loader, plan.on_demand())
+        on_demand = OnDemandProbes(loader, plan.on_demand(), log=lambda m: log(f"warning: {m}"))
         on_demand.set(False)        # armed by the tracker when a sweep leaves tasks behind
         self.stalls = StallTracker(self.inference.out.emit, source=source,
                                    table=loader.stall_table() if source != "proc" else None,
@@ -393,6 +393,7 @@ class Daemon:
             rss_before = _rss_mb()
             loader.free_compiler_memory()   # the compiler is not needed again
             log(f"compiler memory given back: VmRSS {rss_before:.1f} -> {_rss_mb():.1f} MB")
+            log(f"priority: {runloop.yield_cpu()}")
             if self.ready_file:
                 with open(self.ready_file, "w") as f:
                     f.write(f"{os.getpid()}\n")

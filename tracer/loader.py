@@ -229,9 +229,10 @@ class OnDemandProbes:
     probes and disarmed after them: an entry is never seen without its return
     being watched."""
 
-    def __init__(self, loader: "Loader", results: list):
+    def __init__(self, loader: "Loader", results: list, log=lambda msg: None):
         self._loader = loader
         self._results = sorted(results, key=lambda r: not r.point.ret)    # returns first
+        self._log = log
         self.armed = bool(self._results)
         self.errors = 0          # arm/disarm calls the kernel refused (never fatal)
 
@@ -239,21 +240,22 @@ class OnDemandProbes:
         if on == self.armed or not self._results:
             return
         for r in (self._results if on else list(reversed(self._results))):
+            err = None
             try:
                 if r.how == "exit-kprobes":
                     if on:
                         _, err = self._loader.attach_exits(r.point, r.sites)
-                        if err is not None:
-                            self.errors += 1
                     else:
                         self._loader.detach_exits(r.point)
                 elif on:
-                    if self._loader.attach(r.point) is not None:
-                        self.errors += 1
+                    err = self._loader.attach(r.point)
                 else:
                     self._loader.detach(r.point)
-            except Exception:
+            except Exception as e:
+                err = str(e) or type(e).__name__
+            if err is not None:
                 self.errors += 1
+                self._log(f"cannot {'arm' if on else 'disarm'} {r.point.name}: {err}")
         self.armed = on
 
 

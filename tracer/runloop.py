@@ -32,6 +32,15 @@ import os
 import select
 import signal
 
+# Once ready, every thread of the daemon runs at this nice value and under
+# SCHED_BATCH (no wake-up preemption): a wake-up at the end of an operation
+# must not take the CPU from the kernel's own work that follows it (the
+# transition's kworker freeing the patch, whose sysfs directory a person
+# waits for). Nothing the daemon does is urgent: every record carries its BPF
+# timestamp, and the ring buffer holds an operation's records many times
+# over. The start (the bcc compile) keeps the caller's priority: at boot the
+# unit orders kpatch.service after it (docs/operations.md).
+NICE = 19
 BUSY_S = 0.2        # holds and open transitions: the poll tick as it always was
 IDLE_S = 5.0        # nothing due: the backstop (docs/probes.md "Gaps, and every bound")
 
@@ -42,6 +51,21 @@ class Wake(str, enum.Enum):
     DISCOVERY = "discovery"     # a file or directory where livepatches are installed
     SIGNAL = "signal"
     TIMER = "timer"             # the wait's timeout
+
+
+def yield_cpu() -> str:
+    """Every thread of this process to NICE and SCHED_BATCH (nice values are
+    per thread on Linux); what was done, for the log."""
+    done, failed = 0, 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), NICE)
+            os.sched_setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
+            done += 1
+        except OSError:
+            failed += 1     # a thread that ended meanwhile, or a seccomp'd call
+    return (f"{done} thread(s) at nice {NICE}, SCHED_BATCH"
+            + (f" ({failed} not changed)" if failed else ""))
 
 
 def wait_s(*, holding: bool, transition_open: bool) -> float:
