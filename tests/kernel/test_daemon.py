@@ -268,14 +268,20 @@ def test_every_dashboard_expression_returns_a_series(daemon_run):
 
 def test_the_stall_probes_cost_nothing_outside_transitions_and_little_inside(daemon_run):
     """The quiet case's 0 hits count every program, the stall section's too;
-    during the stall the check probe ran about once per sweep per blocker."""
+    during the stall the check probe ran about once per sweep per blocker.
+    The check probes are armed on demand (returns first, entries last; the
+    reverse to disarm), so a check in flight on another CPU at an arming or a
+    disarming may show its return without its entry: a few at most, never a
+    whole armed period's (an entry probe that failed to re-arm; the daemon
+    also logs that)."""
     got, outs = daemon_run
     assert float(got["quiet_hits"]) == 0
     hits = {re.search(r'program="(\w+)"', l)[1]: float(l.split()[-1])
             for l in got["stall_hits"].splitlines()}
     assert hits["stall_check"] > 0 and hits["stall_sweep"] == hits["stall_sweep_ret"] > 0, hits
     assert hits["stall_switch"] == 0, hits          # the fallback is not attached on 6.x
-    assert hits["stall_check_ret"] == hits["stall_check"], hits
+    assert 0 <= hits["stall_check_ret"] - hits["stall_check"] <= 8, hits
+    assert "cannot arm" not in got["log_stall"] and "cannot disarm" not in got["log_stall"]
 
 
 def test_validate_reports_the_stall_as_information(daemon_run):

@@ -59,6 +59,12 @@ TRACER_PHASES = (Phase("none"), Phase("inferred", tracer=True),
                  Phase("direct", tracer=True, preload=True))
 
 STEP_MARK = re.compile(r"^\[\s*(\d+\.\d+)\] klpt-lab: step (\d+) (begin: (.*)|end rc=(-?\d+))$")
+LOG_TIME = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
+# what starts a livepatch operation in a scenario's log: the enable (the
+# kernel's own line, after insmod loaded the module) or a write the step
+# helpers log right before making it (echo 0 > enabled, releasing klpt_busy)
+TRIGGER = re.compile(r"livepatch: enabling patch '|klpt-lab: % echo ")
+DONE = re.compile(r"livepatch: '[^']+': (?:un)?patching complete")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,17 @@ class StepTime:
     step: str
     seconds: float      # on the guest kernel's clock, begin marker to end marker
     rc: int
+
+
+@dataclass(frozen=True)
+class Span:
+    """A livepatch operation as the kernel logged it: from what started it
+    (TRIGGER) to its transition's completion, in the step that waited for it."""
+    n: int              # the step
+    step: str
+    seconds: float
+    trigger: str
+    done: str
 
 
 @dataclass
@@ -78,6 +95,28 @@ class ScenarioResult:
     dmesg: str
     steps_log: str
     phase: str = ""
+
+    def transition_spans(self) -> list[Span]:
+        """Each transition completion logged during a step, with the time since
+        the latest trigger before it (a trigger may be in an earlier step:
+        a release, then a step that waits)."""
+        out, step, trigger = [], None, None
+        for line in self.dmesg.splitlines():
+            m = LOG_TIME.match(line.strip())
+            if not m:
+                continue
+            t, text = float(m.group(1)), m.group(2)
+            mark = STEP_MARK.match(line.strip())
+            if mark and mark.group(4) is not None:
+                step = (int(mark.group(2)), mark.group(4))
+            elif mark:
+                step = None
+            elif TRIGGER.search(text):
+                trigger = (t, text)
+            elif DONE.search(text) and step is not None and trigger is not None:
+                out.append(Span(step[0], step[1], t - trigger[0], trigger[1], text))
+                trigger = None
+        return out
 
     def step_times(self) -> list[StepTime]:
         """Each step that ended, with its duration (the driver's markers)."""

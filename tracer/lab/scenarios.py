@@ -316,6 +316,8 @@ SCENARIOS += (_producer("producer-kpatch", KP, "kpatch-build"),
 # must not change (tests/kernel/test_lines.py measures each waiting step with
 # and without it). With target-before-livepatch (an enable and a disable) and
 # busy-target (a stalled transition reversed), these are TRANSITION_SCENARIOS.
+# The stalled ones wait 3 s before the worker is released: three sweeps, so
+# that the tracer names the blocker first (tracer/stalls.py MIN_WINDOWS).
 SCENARIOS += (
     Scenario(
         "many-tasks-switching",
@@ -336,7 +338,7 @@ SCENARIOS += (
         "without a callback; once the worker leaves, the transition completes.",
         steps=("load_mod klpt_busy sleep_secs=60",
                "load_lp_nowait klpt_lp",
-               "sleep 2",
+               "sleep 3",
                "load_failing_mod klpt_lp2",
                "release_busy",
                "wait_transition klpt_lp",
@@ -352,7 +354,7 @@ SCENARIOS += (
         "leaves, the transition completes with every object's post-patch.",
         steps=("load_mod klpt_busy sleep_secs=60",
                "load_lp_nowait klpt_lp",
-               "sleep 2",
+               "sleep 3",
                "load_mod klpt_mod",
                "release_busy",
                "wait_transition klpt_lp",
