@@ -154,12 +154,8 @@ static __always_inline void submit(struct klpt_event *e, int end_of_operation)
 		before = *n;
 		lock_xadd(n, 1);
 	}
-#ifdef KLPT_WAKE_EVERY_EVENT
-	events.ringbuf_submit(e, 0);
-#else
 	events.ringbuf_submit(e, end_of_operation || before + 1 >= KLPT_WAKE_AT ?
 			      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-#endif
 }
 
 static __always_inline u32 tid(void)

@@ -39,12 +39,8 @@ DEFAULT_RING_PAGES = 64
 def struct_cflags(btf_path: str | None = None) -> tuple[list[str], str]:
     """-D macros with the kernel struct offsets the BPF programs read, from the
     running kernel's BTF (tracer/btf.py), and where they came from; without
-    BTF, the build that includes the kernel's headers (slower to compile).
-    KLPT_STRUCT_OFFSETS=headers forces that build (an escape hatch, and the
-    benchmark's comparison with the former design)."""
+    BTF, the build that includes the kernel's headers (slower to compile)."""
     from . import btf
-    if os.environ.get("KLPT_STRUCT_OFFSETS") == "headers":
-        return ["-DKLPT_USE_HEADERS"], "kernel headers (KLPT_STRUCT_OFFSETS=headers)"
     try:
         offs = btf.offsets(btf_path or btf.BTF_PATH)
     except (OSError, btf.BtfError) as e:
@@ -86,10 +82,6 @@ class Loader:
         t1 = time.monotonic()
         self._BPF = BPF
         self.cflags, self.layout = struct_cflags()   # layout: where the offsets came from
-        # KLPT_WAKEUP=every: wake the daemon at every event, as before
-        # 2026-12-02 (the benchmark's comparison; bpf/klptrace.bpf.c submit())
-        if os.environ.get("KLPT_WAKEUP") == "every":
-            self.cflags = self.cflags + ["-DKLPT_WAKE_EVERY_EVENT"]
         self.bpf = BPF(src_file=str(SOURCE).encode(),
                        cflags=[f"-I{BPF_DIR}", "-Wno-unused-function",
                                f"-DKLPT_RING_PAGES={int(ring_pages)}"] + self.cflags)

@@ -48,11 +48,6 @@ livepatch cycle run then is simply absent from its trace (it still validates).
       written to /dev/kmsg right before `echo 0 > enabled` to "unpatching
       complete"; and from user space: insmod klpt_lp, and until its sysfs
       directory is gone.
-(iv)  the design before issue 16, in the same boot, last (daemon run 0, with
-      warm caches, so the start-time comparison favours it: struct offsets
-      from the kernel headers, KLPT_STRUCT_OFFSETS=headers; a wake-up per
-      event, KLPT_WAKEUP=every): its start time and a paired livepatch series
-      "olddaemon" like (ii)'s "daemon".
 (iii) daemon start: launch -> ready file (both runs); VmRSS right before and
       after the daemon frees bcc's compiler memory (its log line); VmRSS/VmHWM
       after attach and after KLPT_BENCH_EVENTS cycles (run 2); then, in the same
@@ -202,12 +197,6 @@ rss run2 events
 echo "@@records_run2=$(wc -l < /run/run2.jsonl)"
 stop_daemon run2
 echo '@@validate_run2<<'; __KLP__ validate -q /run/run2.jsonl; echo "@@rc_validate_run2=$?"; echo '@@>>'
-# run 0, last (warm caches: a start-time comparison that favours it): the
-# design before issue 16 (struct offsets from the kernel headers, the daemon
-# woken at every event), in the same boot
-start_daemon run0 KLPT_STRUCT_OFFSETS=headers KLPT_WAKEUP=every
-lp_paired run0 olddaemon
-stop_daemon run0
 """
 
 
@@ -301,7 +290,7 @@ def main() -> int:
     freed = [re.findall(r"[0-9.]+", got.get(f"freed_run{i}", "")) for i in (1, 2)]
     n_lp = 2 * LP_ROUNDS
     paired = {"workload": _paired(_paired_workload(got["paired"]), 0.99, True)}
-    for tag in ("olddaemon", "daemon", "probes"):
+    for tag in ("daemon", "probes"):
         kmsg = [_kmsg_intervals(got[f"{tag}_kmsg_{i}"]) for i in range(n_lp)]
         paired[f"{tag}_enable"] = _paired([k[0] for k in kmsg], 1.05, False)
         paired[f"{tag}_disable"] = _paired([k[1] for k in kmsg], 1.05, False)
@@ -321,7 +310,6 @@ def main() -> int:
         "daemon_cpu_s": float(got["daemon_cpu_s_run1"]),
         "daemon_wall_s": float(got["daemon_wall_s_run1"]),
         "start_s": [float(got["start_s_run1"]), float(got["start_s_run2"])],
-        "start_s_former_design": float(got["start_s_run0"]),
         "rss_mb_attach": [mb("rss_kb_run1_attach"), mb("rss_kb_run2_attach")],
         # the daemon's log: VmRSS right before / after free_compiler_memory()
         "rss_mb_before_free": [float(f[0]) for f in freed if f],
@@ -358,14 +346,12 @@ def main() -> int:
          f"ratio {fig['workload_ratio']:.3f}: rounds minutes apart, drift-prone; "
          f"with {f2(traced)}; without {f2(base)}"),
         *(paired_row(f"{what}, {tag}", f"{tag}_{key}", "ms", 1000)
-          for tag in ("olddaemon", "daemon", "probes")
+          for tag in ("daemon", "probes")
           for key, what in (("enable", "enable, kernel log clock"),
                             ("disable", "disable, kernel log clock"),
                             ("insmod", "insmod klpt_lp"),
                             ("gone", "echo 0 -> sysfs dir gone"))),
         ("daemon start to ready, s", f2(fig["start_s"]), "run 1 / run 2"),
-        ("daemon start to ready, former design, s", f"{fig['start_s_former_design']:.2f}",
-         "run 0 (warm, last): headers build, wake-up per event"),
         ("VmRSS before freeing the compiler, MB", f2(fig["rss_mb_before_free"]),
          "daemon log, run 1 / run 2"),
         ("VmRSS after freeing it, MB", f2(fig["rss_mb_after_free"]), "daemon log"),
