@@ -32,10 +32,10 @@ from prometheus_client import (CollectorRegistry, Counter, Histogram,
                                disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from tracer import __version__
-from tracer import events as ev
-from tracer import rules as rules_mod
-from tracer.engine import OUTCOMES, RESULTS, Stats
+from klptrace.tracer import __version__
+from klptrace.tracer import events as ev
+from klptrace.tracer import rules as rules_mod
+from klptrace.tracer.engine import OUTCOMES, RESULTS, Stats
 
 PREFIX = "klptrace_"
 
@@ -324,7 +324,7 @@ class HealthCollector:
         return c
 
     def collect(self):
-        from tracer import rawevents as rw
+        from klptrace.tracer import rawevents as rw
         h = self._health() or {}
         yield self._counter("handler_errors", "Exceptions caught on the daemon's event path, "
                             f"by stage ({'|'.join(HANDLER_STAGES)}); each one is a gap (a "
@@ -385,7 +385,7 @@ class StallCollector:
         return []
 
     def collect(self):
-        from tracer.stalls import REASONS, StallState
+        from klptrace.tracer.stalls import REASONS, StallState
         st = self._state() or StallState()
         patch = self._label(st.patch) if st.patch else ""
         by_reason = dict.fromkeys(REASONS, 0)

@@ -104,7 +104,7 @@ _LANDING = """<!DOCTYPE html>
 
 
 def _app(registry: CollectorRegistry, on_scrape: Callable[[], None] | None):
-    from tracer import __version__
+    from klptrace.tracer import __version__
 
     metrics_app = make_wsgi_app(registry)
     landing = _LANDING.format(host=html.escape(socket.gethostname()),

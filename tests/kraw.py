@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import inspect
 
-from tracer import events as ev
-from tracer import rawevents as rw
-from tracer.engine import Engine
-from tracer.infer import Inference
+from klptrace.tracer import events as ev
+from klptrace.tracer import rawevents as rw
+from klptrace.tracer.engine import Engine
+from klptrace.tracer.infer import Inference
 
 CHUNK = getattr(rw, "CHUNK_OBJS", getattr(rw, "MAX_OBJS", 8))
 STEP_NS = 1_000                 # between two raw events (far below any hold's deadline)

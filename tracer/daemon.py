@@ -139,8 +139,8 @@ class Daemon:
         fails fast; it reports no probes until they are attached."""
         if self.listen is None:
             return None
-        from exporters import server as mserver
-        from exporters.metrics import DaemonMetrics, plan_probes
+        from klptrace.exporters import server as mserver
+        from klptrace.exporters.metrics import DaemonMetrics, plan_probes
         kw = {} if self.metrics_max_patches is None else {"max_patches": self.metrics_max_patches}
         self.metrics = DaemonMetrics(lambda: self.engine.stats if self.engine else None,
                                      livepatch_state=kstate.patches,
@@ -305,12 +305,12 @@ class Daemon:
     # --- the run --------------------------------------------------------------------
 
     def run(self) -> int:
-        from exporters.tracewriter import TraceWriter
+        from klptrace.exporters.tracewriter import TraceWriter
         from .directprobes import DirectProbes
         from .loader import Loader, SOURCE
         from . import modsyms
 
-        from exporters import sdnotify
+        from klptrace.exporters import sdnotify
 
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)

@@ -15,12 +15,12 @@ from .probeplan import Point
 
 
 def _bpf_dir() -> Path:
-    """bpf/ is installed as the package ``klptrace_bpf`` (pyproject.toml), so
+    """bpf/ is installed as the package ``klptrace.bpf`` (pyproject.toml), so
     an installed klptrace finds its C sources through the package, wherever
     pip put it; a source checkout has the same directory beside tracer/."""
     try:
         from importlib.resources import files
-        d = Path(str(files("klptrace_bpf")))
+        d = Path(str(files("klptrace.bpf")))
         if (d / "klptrace.bpf.c").exists():
             return d
     except (ImportError, TypeError):

@@ -5,7 +5,7 @@ The specification is the kernel's Documentation/livepatch/callbacks.rst
 (../shared/reference/livepatch-callbacks.rst). Where a rule pins down kernel
 behaviour the document only implies, ``source`` names the kernel code or the
 selftest that shows it and ``quote`` is the nearest sentence of the document.
-docs/rules.md is generated from this table (``python -m tracer.docgen``) and a
+docs/rules.md is generated from this table (``python -m klptrace.tracer.docgen``) and a
 test fails when they drift or when a quote is no longer in the specification.
 IDs are stable: never renumber, only add.
 

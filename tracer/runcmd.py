@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from exporters.options import exporter_options
+from klptrace.exporters.options import exporter_options
 
 from . import exitcodes as xc
 
@@ -87,7 +87,7 @@ def run(trace, preload, ready_file, ring_pages, discover, skip_points, verbose, 
         no_metrics, tls_cert, tls_key, metrics_max_patches, trace_max_bytes, trace_keep):
     """Trace livepatch callbacks on this kernel until SIGINT/SIGTERM; serve
     Prometheus metrics; SIGHUP reopens the trace (logrotate)."""
-    from exporters.server import ExporterError, check_tls, parse_listen
+    from klptrace.exporters.server import ExporterError, check_tls, parse_listen
     try:   # bad options fail before anything else, with exit 2
         where = None if no_metrics else parse_listen(listen)
         check_tls(tls_cert, tls_key)

@@ -49,7 +49,7 @@ def write_textfile(path: str, results: list[FileResult]) -> None:
     written atomically (temporary file + rename) by prometheus_client."""
     from prometheus_client import CollectorRegistry, write_to_textfile
 
-    from exporters.metrics import StatsCollector, verdict_gauges
+    from klptrace.exporters.metrics import StatsCollector, verdict_gauges
     from .engine import Stats
 
     total = Stats()

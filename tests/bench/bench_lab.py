@@ -251,7 +251,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_lab: the lab needs root", file=sys.stderr)
         return 2
-    from tracer.lab import kmod, packages, vm
+    from klptrace.tracer.lab import kmod, packages, vm
     kernel = packages.resolve_kernel(os.environ.get("KLPT_KERNEL"))
     out_dir = Path(os.environ.get("KLPT_LAB_OUT", ROOT / "lab-out")) / \
         f"bench-lab-{os.environ.get('KLPT_KERNEL') or 'stable'}"

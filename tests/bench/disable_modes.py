@@ -65,7 +65,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("disable_modes: the lab needs root", file=sys.stderr)
         return 2
-    from tracer.lab import kmod, packages, vm
+    from klptrace.tracer.lab import kmod, packages, vm
     kernel = packages.resolve_kernel(os.environ.get("KLPT_KERNEL"))
     out_dir = Path(os.environ.get("KLPT_LAB_OUT", ROOT / "lab-out")) / "disable-modes"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,13 @@ def main() -> None:
     mem("start")
     from bcc import BPF
     mem("import")
-    sys.path.insert(0, str(ROOT))
-    from tracer.loader import struct_cflags   # the daemon's struct offsets (BTF or headers)
+    # the guest's python3 has no klptrace installed: the repository's folders
+    # are the parts of the `klptrace` namespace (pyproject.toml)
+    import types
+    pkg = types.ModuleType("klptrace")
+    pkg.__path__ = [str(ROOT)]
+    sys.modules["klptrace"] = pkg
+    from klptrace.tracer.loader import struct_cflags   # the daemon's struct offsets (BTF or headers)
     b = BPF(src_file=str(ROOT / "bpf" / "klptrace.bpf.c").encode(),
             cflags=[f"-I{ROOT / 'bpf'}", "-Wno-unused-function"] + struct_cflags()[0])
     for name in ("do_snap_patch", "do_snap_obj", "on_direct", "on_direct_pre", "on_direct_ret"):

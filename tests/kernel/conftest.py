@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.lab import LabError, LabRun, run_scenarios
+from klptrace.tracer.lab import LabError, LabRun, run_scenarios
 
 REPO = Path(__file__).resolve().parents[2]
 _RUN: dict[str, LabRun] = {}
@@ -70,7 +70,7 @@ def lab_run(request: pytest.FixtureRequest, lab_means: None) -> LabRun:
         with capman.global_and_fixture_disabled():
             tr.write_line(msg)
 
-    from tracer.lab.runner import TRACER_PHASES
+    from klptrace.tracer.lab.runner import TRACER_PHASES
     kernel = os.environ.get("KLPT_KERNEL") or None
     klptrace = REPO / ".venv" / "bin" / "klptrace"
     try:

@@ -47,7 +47,7 @@ GUEST = Path(__file__).with_name("guest_daemon.sh")
 def daemon_run(lab_means, lab_out_dir):
     from linechecks import fail_lab
 
-    from tracer.lab import LabError, kmod, packages, vm
+    from klptrace.tracer.lab import LabError, kmod, packages, vm
     kernel = packages.resolve_kernel(os.environ.get("KLPT_KERNEL"))
     out_dir = lab_out_dir("daemon")
     out_dir.mkdir(parents=True, exist_ok=True)

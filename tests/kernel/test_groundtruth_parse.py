@@ -3,8 +3,8 @@ data, checked without a kernel."""
 
 from __future__ import annotations
 
-from tracer.lab.groundtruth import CALLBACKS, CallbackRecord, parse_line, parse_log
-from tracer.lab.scenarios import NAMES, SCENARIOS
+from klptrace.tracer.lab.groundtruth import CALLBACKS, CallbackRecord, parse_line, parse_log
+from klptrace.tracer.lab.scenarios import NAMES, SCENARIOS
 
 
 def test_parse_lines() -> None:

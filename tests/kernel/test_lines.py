@@ -36,8 +36,8 @@ SHORT_SUITE = ("target-before-livepatch", "busy-target", "many-tasks-switching",
 
 @pytest.fixture(scope="module", params=LINES)
 def line_run(request, lab_means, lab_out_dir):
-    from tracer.lab import LabError, run_scenarios
-    from tracer.lab.runner import TRACER_PHASES
+    from klptrace.tracer.lab import LabError, run_scenarios
+    from klptrace.tracer.lab.runner import TRACER_PHASES
     line = request.param
     out = lab_out_dir("lines").parent / f"line-{line}"
     try:

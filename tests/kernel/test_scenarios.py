@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracer.lab import NAMES, LabRun
+from klptrace.tracer.lab import NAMES, LabRun
 
 pytestmark = pytest.mark.kernel
 

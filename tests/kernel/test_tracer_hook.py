@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.lab import LabError, run_scenarios
+from klptrace.tracer.lab import LabError, run_scenarios
 
 pytestmark = pytest.mark.kernel
 FAKE = Path(__file__).with_name("fake_tracer.py")
@@ -37,6 +37,6 @@ def test_tracer_started_once_and_trace_handed_over_per_scenario(lab_means: None,
     assert (out / "tracer.rc").read_text().strip() == "0"   # stopped by SIGINT, cleanly
     record = json.loads(r.trace_path.read_text().splitlines()[0])
     assert record["handed_over_by"] == "SIGHUP"
-    from tracer.lab.kmod import LIVEPATCHES
+    from klptrace.tracer.lab.kmod import LIVEPATCHES
     assert [Path(p).name for p in record["preload"]] == [f"{m}.ko" for m in LIVEPATCHES]
     assert all(Path(p).exists() for p in record["preload"])

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tracer.lab import LabError, kmod, packages, qemu, vm  # noqa: E402
+from klptrace.tracer.lab import LabError, kmod, packages, qemu, vm  # noqa: E402
 
 # The loop, over the lab's own step helpers (tracer/lab/guest_helpers.sh):
 # only the disable is started by hand, so that the probes move while it runs.

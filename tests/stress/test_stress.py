@@ -203,7 +203,7 @@ def undersized_cmd(klp: str) -> str:
 def stress_run(tmp_path_factory, request):
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    from tracer.lab import kmod, packages, vm
+    from klptrace.tracer.lab import kmod, packages, vm
     kernel = packages.resolve_kernel(os.environ.get("KLPT_KERNEL"))
     staged = kmod.stage_modules(kmod.build_modules(kernel), tmp_path_factory.mktemp("ko"))
     klp = str(KLPTRACE)

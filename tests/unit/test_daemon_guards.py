@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import errno
 
-from tracer import events as ev
-from tracer import rawevents as rw
-from tracer.daemon import Daemon, FaultInjection, Stage
-from tracer.engine import Engine
-from tracer.infer import Inference
+from klptrace.tracer import events as ev
+from klptrace.tracer import rawevents as rw
+from klptrace.tracer.daemon import Daemon, FaultInjection, Stage
+from klptrace.tracer.engine import Engine
+from klptrace.tracer.infer import Inference
 
 
 class Writer:

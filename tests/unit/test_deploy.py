@@ -13,7 +13,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from exporters import metricsdoc, sdnotify, server
+from klptrace.exporters import metricsdoc, sdnotify, server
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy/prometheus/klptrace-rules.yml"

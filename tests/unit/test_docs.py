@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
-from tracer import docgen, events
-from tracer.rules import RULES
+from klptrace.tracer import docgen, events
+from klptrace.tracer.rules import RULES
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_COPIES = [REPO / "docs/reference/livepatch-callbacks.rst",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tracer import rawevents as rw
-from tracer.infer import Inference
+from klptrace.tracer import rawevents as rw
+from klptrace.tracer.infer import Inference
 
 A = (0x1000, 0x2000, 0x3000, 0x4000)     # callback addresses of both objects
 
@@ -347,8 +347,8 @@ def test_the_engine_finds_no_violation_in_either_race():
     """The stress suite's concurrent storm found these as false violations
     (KLP-RUN-001, KLP-ORD-001, KLP-SYM-001) while the module record stood at
     the entry probe; placed at the section, the engine judges them clean."""
-    from tracer import events as ev
-    from tracer.engine import VIOLATION, Engine
+    from klptrace.tracer import events as ev
+    from klptrace.tracer.engine import VIOLATION, Engine
     for events, loaded in ((coming_after_enable(), []), (going_after_enable(), ["m"])):
         eng = Engine(ev.header("k", state={"patches": [], "modules": loaded}))
         found = [f for r in run(events) for f in eng.feed(r)] + eng.finish()

@@ -6,9 +6,9 @@ claims a kernel ran. Each test names what the daemon got wrong before."""
 
 from __future__ import annotations
 
-from tracer import rawevents as rw
-from tracer.holds import HOLD_NS
-from tracer.infer import Inference
+from klptrace.tracer import rawevents as rw
+from klptrace.tracer.holds import HOLD_NS
+from klptrace.tracer.infer import Inference
 
 A = (0x1000, 0x2000, 0x3000, 0x4000)
 

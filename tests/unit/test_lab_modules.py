@@ -4,7 +4,7 @@ tests/kmod agree, and every scenario step names a module that is built."""
 import re
 from pathlib import Path
 
-from tracer.lab import kmod, scenarios
+from klptrace.tracer.lab import kmod, scenarios
 
 KMOD = Path(__file__).resolve().parents[1] / "kmod"
 

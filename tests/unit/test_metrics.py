@@ -7,11 +7,11 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters import metricsdoc
-from exporters.metrics import (DEFAULT_MAX_PATCHES, OVERFLOW, DaemonMetrics, PatchLabels,
+from klptrace.exporters import metricsdoc
+from klptrace.exporters.metrics import (DEFAULT_MAX_PATCHES, OVERFLOW, DaemonMetrics, PatchLabels,
                                StatsCollector, plan_probes)
-from tracer.engine import OUTCOMES, Stats
-from tracer.rules import RULES
+from klptrace.tracer.engine import OUTCOMES, Stats
+from klptrace.tracer.rules import RULES
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ entry probe is `paired` (on_direct_pre keeps the argument for the return); the
 entries of the void callbacks keep nothing (the BPF per-thread table would
 fill up). A callback with no unambiguous probe definition gets none."""
 
-from tracer.modsyms import Callback, Preload, Target
+from klptrace.tracer.modsyms import Callback, Preload, Target
 
 
 def _preload(cbs):

@@ -21,9 +21,9 @@ from kraw import Probes, pipeline
 from model_scenarios import SCENARIOS
 from test_properties import lifecycles, play
 from tracebuild import judge, replace_free
-from tracer import events as ev
-from tracer import rawevents as rw
-from tracer import rules
+from klptrace.tracer import events as ev
+from klptrace.tracer import rawevents as rw
+from klptrace.tracer import rules
 
 N = int(os.environ.get("KLPT_PROPERTY_EXAMPLES", "200"))
 MODES = ("inferred", "direct")

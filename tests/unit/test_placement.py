@@ -17,9 +17,9 @@ from kmodel import ALL, KernelModel, PatchDef
 from model_scenarios import SCENARIOS, lp
 from tracebuild import (cb, drop, index, insert_after, is_cb, is_tr, placements,
                         same_completion_completes, verdict)
-from tracer import events as ev
-from tracer import rules
-from tracer.rules import RULES
+from klptrace.tracer import events as ev
+from klptrace.tracer import rules
+from klptrace.tracer.rules import RULES
 
 LP, LP2, MOD, BUSY = "klpt_lp", "klpt_lp2", "klpt_mod", "klpt_busy"
 ENODEV = -19

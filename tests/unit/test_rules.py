@@ -6,7 +6,7 @@ import pytest
 from model_scenarios import SCENARIOS
 from tracebuild import (cb, drop, duplicate, insert_after, is_cb, is_tr, judge,
                         move_after, move_before, violations)
-from tracer.rules import RULES
+from klptrace.tracer.rules import RULES
 
 LP = "klpt_lp"
 
@@ -130,7 +130,7 @@ def test_enable_racing_with_a_module_unload_is_not_a_violation():
     post_unpatch. The writer places the `going` record at that section
     (tracer/infer.py), so the trace reads in the kernel's order."""
     from tracebuild import lp
-    from tracer import events as ev
+    from klptrace.tracer import events as ev
     d = lp()
     objs = [{"name": n, "callbacks": c} for n, c in d.objects]
     recs = [ev.patch_enable(0, 0, LP, objs),

@@ -5,9 +5,9 @@ import os
 import signal
 import time
 
-from exporters.metrics import WAKE_REASONS
-from tracer import runloop
-from tracer.runloop import Wake
+from klptrace.exporters.metrics import WAKE_REASONS
+from klptrace.tracer import runloop
+from klptrace.tracer.runloop import Wake
 
 
 def test_an_idle_daemon_sleeps_long_and_a_busy_one_ticks():

@@ -13,13 +13,13 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters import server
-from exporters.metrics import DaemonMetrics
-from exporters.server import ExporterError, Listen, parse_listen
+from klptrace.exporters import server
+from klptrace.exporters.metrics import DaemonMetrics
+from klptrace.exporters.server import ExporterError, Listen, parse_listen
 from model_scenarios import SCENARIOS
 from tracebuild import duplicate, is_cb, renumber
-from tracer.engine import Engine
-from tracer import events as ev
+from klptrace.tracer.engine import Engine
+from klptrace.tracer import events as ev
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
@@ -221,7 +221,7 @@ def test_exporter_options_defaults():
     import click
     from click.testing import CliRunner
 
-    from exporters.options import exporter_options
+    from klptrace.exporters.options import exporter_options
 
     @click.command()
     @exporter_options

@@ -4,7 +4,7 @@ plan says how stalls are explained."""
 
 from __future__ import annotations
 
-from tracer import probeplan as pp
+from klptrace.tracer import probeplan as pp
 
 
 def plan(monkeypatch, absent=(), refuse=()):

@@ -11,10 +11,10 @@ import time
 
 from click.testing import CliRunner
 
-from tracer import exitcodes as xc
-from tracer import procstall, statusfile
-from tracer.stalls import StallState, Task
-from tracer.status_cmd import status
+from klptrace.tracer import exitcodes as xc
+from klptrace.tracer import procstall, statusfile
+from klptrace.tracer.stalls import StallState, Task
+from klptrace.tracer.status_cmd import status
 
 from test_stalls import STACK, fake_host
 

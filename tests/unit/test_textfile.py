@@ -7,13 +7,13 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters import server
-from exporters.metrics import DaemonMetrics
+from klptrace.exporters import server
+from klptrace.exporters.metrics import DaemonMetrics
 from model_scenarios import SCENARIOS
 from tracebuild import duplicate, is_cb, write_jsonl
-from tracer.cli import cli
-from tracer.engine import Engine
-from tracer.traceio import read_trace
+from klptrace.tracer.cli import cli
+from klptrace.tracer.engine import Engine
+from klptrace.tracer.traceio import read_trace
 
 
 def families(text) -> dict:

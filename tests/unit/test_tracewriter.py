@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from exporters.tracewriter import TraceWriter
-from tracer import events as ev
-from tracer.validate_cmd import validate_file
+from klptrace.exporters.tracewriter import TraceWriter
+from klptrace.tracer import events as ev
+from klptrace.tracer.validate_cmd import validate_file
 
 STATE = {"patches": [{"name": "lp", "enabled": True, "transition": False,
                       "replace": False, "objects": [{"name": "vmlinux"}]}],

@@ -152,10 +152,13 @@ def _write_wrapper(root: Path) -> None:
             '*/.venv/bin/klptrace) repo=${0%/.venv/bin/klptrace} ;;\n'
             f'*) repo=${{KLPT_REPO:-{REPO_ROOT}}} ;;\n'
             "esac\n"
-            'export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"\n'
-            "export PYTHONDONTWRITEBYTECODE=1\n"
-            "exec /usr/bin/python3 -c 'import sys; sys.argv[0] = \"klptrace\"; "
-            "from tracer.cli import main; sys.exit(main())' \"$@\"\n")
+            "export PYTHONDONTWRITEBYTECODE=1 KLPT_REPO=\"$repo\"\n"
+            # the repository's folders are the `klptrace` package's parts
+            # (pyproject.toml): a namespace whose path is the repository
+            "exec /usr/bin/python3 -c 'import os, sys, types; sys.argv[0] = \"klptrace\"; "
+            "k = types.ModuleType(\"klptrace\"); k.__path__ = [os.environ[\"KLPT_REPO\"]]; "
+            "sys.modules[\"klptrace\"] = k; "
+            "from klptrace.tracer.cli import main; sys.exit(main())' \"$@\"\n")
     w = root / TRACER_WRAPPER.lstrip("/")
     if not w.exists() or w.read_text() != text:
         w.parent.mkdir(parents=True, exist_ok=True)
