@@ -68,7 +68,7 @@ stress: setup
 	KLPT_STRESS_CYCLES=200 KLPT_STRESS_FULL=1 $(PY) -m pytest -q tests/stress
 
 docs: setup
-	$(PY) -m klptrace.tracer.docgen
+	$(PY) -m klptrace.tracer.commands.docgen
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,3 +1,3 @@
 """The BPF C sources of klptrace (klptrace.bpf.c, klptrace.h), installed as
 the package ``klptrace.bpf`` so that an installed klptrace finds them
-(tracer/loader.py); nothing here is Python."""
+(tracer/observe/loader.py); nothing here is Python."""

@@ -33,9 +33,9 @@ from prometheus_client import (CollectorRegistry, Counter, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from klptrace.tracer import __version__
-from klptrace.tracer import events as ev
-from klptrace.tracer import rules as rules_mod
-from klptrace.tracer.engine import OUTCOMES, RESULTS, Stats
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.model import rules as rules_mod
+from klptrace.tracer.judge.engine import OUTCOMES, RESULTS, Stats
 
 PREFIX = "klptrace_"
 
@@ -296,7 +296,7 @@ GAP_REASONS = ("mid-operation", "snapshot-truncated", "snapshot-incomplete",
 HOLDS = ("pre_unpatch", "completion", "module post_patch", "module post_unpatch",
          "enable return", "module coming return", "exit", "records lost")
 DIRECT_PROBE_ERRORS = ("preload", "by-address", "remove", "worker")
-# why the daemon's wait ended (tracer/runloop.py Wake)
+# why the daemon's wait ended (tracer/daemon/runloop.py Wake)
 WAKE_REASONS = ("ring", "discovery", "signal", "timer")
 
 
@@ -324,7 +324,7 @@ class HealthCollector:
         return c
 
     def collect(self):
-        from klptrace.tracer import rawevents as rw
+        from klptrace.tracer.observe import rawevents as rw
         h = self._health() or {}
         yield self._counter("handler_errors", "Exceptions caught on the daemon's event path, "
                             f"by stage ({'|'.join(HANDLER_STAGES)}); each one is a gap (a "
@@ -385,7 +385,7 @@ class StallCollector:
         return []
 
     def collect(self):
-        from klptrace.tracer.stalls import REASONS, StallState
+        from klptrace.tracer.observe.stalls import REASONS, StallState
         st = self._state() or StallState()
         patch = self._label(st.patch) if st.patch else ""
         by_reason = dict.fromkeys(REASONS, 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from klptrace.tracer.engine import Stats
+from klptrace.tracer.judge.engine import Stats
 
 from . import metrics as m
 from . import server
@@ -28,7 +28,7 @@ def _example_registry():
     s.callbacks[("p", "vmlinux", "pre_patch", "ok", "direct")] = 1
     s.violations[("KLP-SYM-001", "p")] = 1
     s.transitions[("p", "patched", "completed")] = 1
-    from klptrace.tracer.stalls import StallState, Task
+    from klptrace.tracer.observe.stalls import StallState, Task
     stall = StallState(patch="p", target="patched", opened_ns=0, blockers=(
         Task(1, 42, 42, "kworker/0:1", True, "sleeping_on_function", "f", 0),))
     dm = m.DaemonMetrics(lambda: s,

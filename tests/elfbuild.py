@@ -1,4 +1,4 @@
-"""A minimal ELF64 relocatable-object writer for tracer/modsyms.py's unit
+"""A minimal ELF64 relocatable-object writer for tracer/observe/modsyms.py's unit
 tests: sections, symbols and R_X86_64_64 relocations laid out the way a
 kernel module's .ko has them, small enough to state each case exactly. The
 real .ko files of the lab are read in tests/kernel/."""

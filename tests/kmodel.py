@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from klptrace.tracer import events as ev
+from klptrace.tracer.model import events as ev
 
 ALL = list(ev.CALLBACKS)
 EBUSY, EINVAL = -16, -22

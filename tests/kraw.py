@@ -1,7 +1,7 @@
 """The raw events the BPF programs would write for a run of the kernel model,
 and the daemon's pipeline they go through (tracer.infer.Inference into
 tracer.engine.Engine). The one place in the tests that knows the raw layout
-(tracer/rawevents.py) and what each probe snapshots when
+(tracer/observe/rawevents.py) and what each probe snapshots when
 (bpf/klptrace.bpf.c, docs/probes.md): tests/kmodel.py calls ``Probes`` at
 each probe point with the kernel state there; nothing here claims a kernel
 ran.
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import inspect
 
-from klptrace.tracer import events as ev
-from klptrace.tracer import rawevents as rw
-from klptrace.tracer.engine import Engine
-from klptrace.tracer.infer import Inference
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.judge.engine import Engine
+from klptrace.tracer.observe.infer import Inference
 
 CHUNK = getattr(rw, "CHUNK_OBJS", getattr(rw, "MAX_OBJS", 8))
 STEP_NS = 1_000                 # between two raw events (far below any hold's deadline)

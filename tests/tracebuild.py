@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from klptrace.tracer.engine import Engine
+from klptrace.tracer.judge.engine import Engine
 from kmodel import ALL, KernelModel, PatchDef
 
 

@@ -1,7 +1,7 @@
 """Guest-side experiment (issue 7): how much of the daemon's resident memory after
 the BPF compile can be given back, without tearing down the bcc module (its
 destructor closes the map fds the daemon keeps using). Compiles bpf/klptrace.bpf.c
-the way tracer/loader.py does, then prints VmRSS/RssAnon/RssFile after each step:
+the way tracer/observe/loader.py does, then prints VmRSS/RssAnon/RssFile after each step:
 glibc malloc_trim(0) (clang's freed heap), bcc's BPF.free_bcc_memory() (madvise
 DONTNEED of libbcc.so's text only), and the same madvise on the r-xp mappings of
 libLLVM/libclang-cpp (Debian links LLVM dynamically, so bcc's call misses them).
@@ -50,7 +50,7 @@ def main() -> None:
     pkg = types.ModuleType("klptrace")
     pkg.__path__ = [str(ROOT)]
     sys.modules["klptrace"] = pkg
-    from klptrace.tracer.loader import struct_cflags   # the daemon's struct offsets (BTF or headers)
+    from klptrace.tracer.observe.loader import struct_cflags   # the daemon's struct offsets (BTF or headers)
     b = BPF(src_file=str(ROOT / "bpf" / "klptrace.bpf.c").encode(),
             cflags=[f"-I{ROOT / 'bpf'}", "-Wno-unused-function"] + struct_cflags()[0])
     for name in ("do_snap_patch", "do_snap_obj", "on_direct", "on_direct_pre", "on_direct_ret"):

@@ -67,7 +67,7 @@ case_quiet() {
 	echo "@@hot_hits_delta=$(awk "BEGIN {print $(metric 'klptrace_probe_hits_total') - $before}")"
 	disable_lp klpt_lp; unload_lp klpt_lp; unload_mod klpt_mod; sleep 1
 	# idle: nothing is held, no transition is open, so only the 5 s backstop
-	# wakes the daemon (tracer/runloop.py); a scrape does not wake its loop
+	# wakes the daemon (tracer/daemon/runloop.py); a scrape does not wake its loop
 	local t0=$EPOCHREALTIME
 	echo "@@idle_wakeups_before<<"; metric_lines 'klptrace_daemon_wakeups_total'; echo "@@>>"
 	sleep 12

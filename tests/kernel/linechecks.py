@@ -95,7 +95,7 @@ def plan_attaches_every_required_point(run) -> tuple[dict, list[str]]:
     """The plan in the first traced trace's header (what `klptrace probes`
     prints there): every required point attached, every callback kind
     inferred or better; on a kernel before 5.15 no kretprobe at all."""
-    from klptrace.tracer.probeplan import POINTS
+    from klptrace.tracer.observe.probeplan import POINTS
     res = run.phase("inferred")[0]
     plan = header(res.trace_path)["probes"]
     how = {p["point"]: p["how"] for p in plan["points"]}

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import errno
 
-from klptrace.tracer import events as ev
-from klptrace.tracer import rawevents as rw
-from klptrace.tracer.daemon import Daemon, FaultInjection, Stage
-from klptrace.tracer.engine import Engine
-from klptrace.tracer.infer import Inference
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.daemon.daemon import Daemon, FaultInjection, Stage
+from klptrace.tracer.judge.engine import Engine
+from klptrace.tracer.observe.infer import Inference
 
 
 class Writer:

@@ -6,9 +6,9 @@ preloaded probe counts only where the kernel shows it at the callback."""
 
 from __future__ import annotations
 
-from klptrace.tracer import rawevents as rw
-from klptrace.tracer.directprobes import DirectProbes
-from klptrace.tracer.modsyms import Callback, Preload
+from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.observe.directprobes import DirectProbes
+from klptrace.tracer.observe.modsyms import Callback, Preload
 
 A = (0xffffffffc0001000, 0xffffffffc0001100, 0xffffffffc0001200, 0xffffffffc0001300)
 

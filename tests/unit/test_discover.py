@@ -6,7 +6,7 @@ import os
 import select
 import shutil
 
-from klptrace.tracer import discover
+from klptrace.tracer.observe import discover
 
 
 def test_default_dirs_name_the_producers_places_once():

@@ -3,8 +3,9 @@
 import re
 from pathlib import Path
 
-from klptrace.tracer import docgen, events
-from klptrace.tracer.rules import RULES
+from klptrace.tracer.commands import docgen
+from klptrace.tracer.model import events
+from klptrace.tracer.model.rules import RULES
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_COPIES = [REPO / "docs/reference/livepatch-callbacks.rst",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from klptrace.tracer.validate_cmd import validate_file
+from klptrace.tracer.commands.validate import validate_file
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

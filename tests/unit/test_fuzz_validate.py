@@ -13,9 +13,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from klptrace.tracer import events as ev
-from klptrace.tracer.rules import RULES
-from klptrace.tracer.validate_cmd import validate_file
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.model.rules import RULES
+from klptrace.tracer.commands.validate import validate_file
 
 N = int(os.environ.get("KLPT_FUZZ_EXAMPLES", "300"))
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ valid_record = st.one_of(
     {"name": "a", "enabled": True, "transition": True, "objects": [{"name": "vmlinux"}]}]})]),
        st.lists(valid_record, max_size=60))
 def test_engine_never_raises_on_valid_records(h, recs):
-    from klptrace.tracer.engine import Engine
+    from klptrace.tracer.judge.engine import Engine
     e = Engine(h)
     for i, r in enumerate(recs, 1):
         r["seq"], r["ts_ns"] = i, i

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from klptrace.tracer import rawevents as rw
-from klptrace.tracer.infer import Inference
+from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.observe.infer import Inference
 
 A = (0x1000, 0x2000, 0x3000, 0x4000)     # callback addresses of both objects
 
@@ -108,7 +108,7 @@ def test_module_going_and_coming():
 
 
 class Covered:
-    """Coverage as tracer/directprobes.py reports it: these (patch, obj, cb)
+    """Coverage as tracer/observe/directprobes.py reports it: these (patch, obj, cb)
     had a live direct probe since `since`."""
 
     def __init__(self, keys=(), since=0):
@@ -214,7 +214,7 @@ def _header_struct_fields(name: str) -> list[tuple[str, int]]:
 
 
 def test_stall_tables_match_header():
-    """The daemon reads the stall tables with these mirrors (tracer/stalls.py):
+    """The daemon reads the stall tables with these mirrors (tracer/observe/stalls.py):
     same members, same order, same sizes as the C structs."""
     import ctypes
     for cname, cls in (("klpt_blocker", rw.CBlocker), ("klpt_sweeps", rw.CSweeps)):
@@ -347,8 +347,8 @@ def test_the_engine_finds_no_violation_in_either_race():
     """The stress suite's concurrent storm found these as false violations
     (KLP-RUN-001, KLP-ORD-001, KLP-SYM-001) while the module record stood at
     the entry probe; placed at the section, the engine judges them clean."""
-    from klptrace.tracer import events as ev
-    from klptrace.tracer.engine import VIOLATION, Engine
+    from klptrace.tracer.model import events as ev
+    from klptrace.tracer.judge.engine import VIOLATION, Engine
     for events, loaded in ((coming_after_enable(), []), (going_after_enable(), ["m"])):
         eng = Engine(ev.header("k", state={"patches": [], "modules": loaded}))
         found = [f for r in run(events) for f in eng.feed(r)] + eng.finish()

@@ -6,9 +6,9 @@ claims a kernel ran. Each test names what the daemon got wrong before."""
 
 from __future__ import annotations
 
-from klptrace.tracer import rawevents as rw
-from klptrace.tracer.holds import HOLD_NS
-from klptrace.tracer.infer import Inference
+from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.observe.holds import HOLD_NS
+from klptrace.tracer.observe.infer import Inference
 
 A = (0x1000, 0x2000, 0x3000, 0x4000)
 

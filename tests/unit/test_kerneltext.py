@@ -4,7 +4,7 @@ kretprobe is safe for livepatch transitions."""
 
 import struct
 
-from klptrace.tracer import kerneltext as kt
+from klptrace.tracer.observe import kerneltext as kt
 
 
 def ksyms(*syms: tuple[int, str]) -> kt.Kallsyms:

@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from klptrace.exporters import metricsdoc
 from klptrace.exporters.metrics import (DEFAULT_MAX_PATCHES, OVERFLOW, DaemonMetrics, PatchLabels,
                                StatsCollector, plan_probes)
-from klptrace.tracer.engine import OUTCOMES, Stats
-from klptrace.tracer.rules import RULES
+from klptrace.tracer.judge.engine import OUTCOMES, Stats
+from klptrace.tracer.model.rules import RULES
 
 REPO = Path(__file__).resolve().parents[2]
 

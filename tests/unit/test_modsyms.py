@@ -10,7 +10,7 @@ import struct
 
 from elfbuild import (SHF_ALLOC, SHF_WRITE, STT_FUNC, STT_OBJECT, function,
                       livepatch_skeleton)
-from klptrace.tracer.modsyms import KLP_BUILD, KLP_OBJECT, KPATCH, Preload, read_callbacks
+from klptrace.tracer.observe.modsyms import KLP_BUILD, KLP_OBJECT, KPATCH, Preload, read_callbacks
 
 Q = struct.Struct("<Q")
 
@@ -154,7 +154,7 @@ def test_a_later_kernels_init_section_name_too(tmp_path):
 
 def test_not_a_livepatch_and_not_an_elf(tmp_path):
     import pytest
-    from klptrace.tracer.modsyms import ElfError
+    from klptrace.tracer.observe.modsyms import ElfError
     e, _t, _d, _r = livepatch_skeleton("x")
     e.sections[-1]["data"] = bytearray(b"name=x\0")        # no livepatch=Y
     p = tmp_path / "x.ko"

@@ -1,11 +1,11 @@
-"""Which direct probes a --preload asks for (tracer/modsyms.py Preload.targets):
+"""Which direct probes a --preload asks for (tracer/observe/modsyms.py Preload.targets):
 one entry probe per callback function; a function serving a pre_patch gets a
 return probe too, listed first (a return is armed before its entry), and its
 entry probe is `paired` (on_direct_pre keeps the argument for the return); the
 entries of the void callbacks keep nothing (the BPF per-thread table would
 fill up). A callback with no unambiguous probe definition gets none."""
 
-from klptrace.tracer.modsyms import Callback, Preload, Target
+from klptrace.tracer.observe.modsyms import Callback, Preload, Target
 
 
 def _preload(cbs):

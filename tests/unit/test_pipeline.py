@@ -21,9 +21,9 @@ from kraw import Probes, pipeline
 from model_scenarios import SCENARIOS
 from test_properties import lifecycles, play
 from tracebuild import judge, replace_free
-from klptrace.tracer import events as ev
-from klptrace.tracer import rawevents as rw
-from klptrace.tracer import rules
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.model import rules
 
 N = int(os.environ.get("KLPT_PROPERTY_EXAMPLES", "200"))
 MODES = ("inferred", "direct")

@@ -17,9 +17,9 @@ from kmodel import ALL, KernelModel, PatchDef
 from model_scenarios import SCENARIOS, lp
 from tracebuild import (cb, drop, index, insert_after, is_cb, is_tr, placements,
                         same_completion_completes, verdict)
-from klptrace.tracer import events as ev
-from klptrace.tracer import rules
-from klptrace.tracer.rules import RULES
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.model import rules
+from klptrace.tracer.model.rules import RULES
 
 LP, LP2, MOD, BUSY = "klpt_lp", "klpt_lp2", "klpt_mod", "klpt_busy"
 ENODEV = -19
@@ -310,8 +310,8 @@ def test_rule_ids_are_constants_of_the_catalogue():
         assert getattr(rules, rid.replace("-", "_")) == rid
 
 
-ENGINE = ["tracer/engine.py", "tracer/engine_state.py", "tracer/engine_findings.py",
-          "tracer/engine_callbacks.py", "tracer/engine_steps.py"]
+ENGINE = ["tracer/judge/engine.py", "tracer/judge/state.py", "tracer/judge/findings.py",
+          "tracer/judge/callbacks.py", "tracer/judge/steps.py"]
 
 
 def _uses() -> dict[str, set[str]]:

@@ -1,7 +1,7 @@
 """tracer.probeplan without a kernel: what it attaches, in which order, and
 where (the kernel's facts are given; the lab runs the real plan)."""
 
-from klptrace.tracer import probeplan as pp
+from klptrace.tracer.observe import probeplan as pp
 
 
 def plan_with(monkeypatch, kallsyms, skip=frozenset()):
@@ -63,7 +63,7 @@ class FakeExits:
 
 
 def exits_of(sites):
-    from klptrace.tracer import kerneltext as kt
+    from klptrace.tracer.observe import kerneltext as kt
 
     def function_exits(func):
         return kt.Exits(func, [(func, 0x100)], [kt.Site(func, o, k, c, callee)

@@ -6,7 +6,7 @@ import pytest
 from model_scenarios import SCENARIOS
 from tracebuild import (cb, drop, duplicate, insert_after, is_cb, is_tr, judge,
                         move_after, move_before, violations)
-from klptrace.tracer.rules import RULES
+from klptrace.tracer.model.rules import RULES
 
 LP = "klpt_lp"
 
@@ -128,9 +128,9 @@ def test_enable_racing_with_a_module_unload_is_not_a_violation():
     but waits for klp_mutex while klpt_lp is enabled; the kernel still patches
     the module (state GOING, klp_alive still set), then the going section runs
     post_unpatch. The writer places the `going` record at that section
-    (tracer/infer.py), so the trace reads in the kernel's order."""
+    (tracer/observe/infer.py), so the trace reads in the kernel's order."""
     from tracebuild import lp
-    from klptrace.tracer import events as ev
+    from klptrace.tracer.model import events as ev
     d = lp()
     objs = [{"name": n, "callbacks": c} for n, c in d.objects]
     recs = [ev.patch_enable(0, 0, LP, objs),
@@ -147,7 +147,7 @@ def test_enable_racing_with_a_module_unload_is_not_a_violation():
 
 
 def test_a_gap_with_a_reason_is_unknown_and_says_why():
-    """A loss record of an unknown count (0) with its reason (tracer/infer.py
+    """A loss record of an unknown count (0) with its reason (tracer/observe/infer.py
     writes one where it saw only part of an operation): unknown, with the
     reason, never a violation."""
     header, records = scen("module-coming")

@@ -6,8 +6,8 @@ import signal
 import time
 
 from klptrace.exporters.metrics import WAKE_REASONS
-from klptrace.tracer import runloop
-from klptrace.tracer.runloop import Wake
+from klptrace.tracer.daemon import runloop
+from klptrace.tracer.daemon.runloop import Wake
 
 
 def test_an_idle_daemon_sleeps_long_and_a_busy_one_ticks():

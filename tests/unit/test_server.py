@@ -18,8 +18,8 @@ from klptrace.exporters.metrics import DaemonMetrics
 from klptrace.exporters.server import ExporterError, Listen, parse_listen
 from model_scenarios import SCENARIOS
 from tracebuild import duplicate, is_cb, renumber
-from klptrace.tracer.engine import Engine
-from klptrace.tracer import events as ev
+from klptrace.tracer.judge.engine import Engine
+from klptrace.tracer.model import events as ev
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 

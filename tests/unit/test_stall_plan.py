@@ -4,7 +4,7 @@ plan says how stalls are explained."""
 
 from __future__ import annotations
 
-from klptrace.tracer import probeplan as pp
+from klptrace.tracer.observe import probeplan as pp
 
 
 def plan(monkeypatch, absent=(), refuse=()):
@@ -47,7 +47,7 @@ def test_without_stall_probes_the_plan_says_proc(monkeypatch):
 
 
 def test_every_stall_point_is_optional_and_its_program_exists():
-    src = (pp.__file__.replace("tracer/probeplan.py", "bpf/klptrace.bpf.c"))
+    src = (pp.__file__.replace("tracer/observe/probeplan.py", "bpf/klptrace.bpf.c"))
     text = open(src).read()
     for p in pp.STALL_POINTS:
         assert not p.required, p.name

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from klptrace.tracer import events as ev
-from klptrace.tracer import stallsummary
-from klptrace.tracer.engine import Engine
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.judge import stallsummary
+from klptrace.tracer.judge.engine import Engine
 
 S = 10**9
 
@@ -114,7 +114,7 @@ def test_a_stall_open_at_the_end_of_the_trace_and_a_reverse():
 def test_validate_reports_a_stall_as_information_never_a_finding(tmp_path):
     from click.testing import CliRunner
 
-    from klptrace.tracer.validate_cmd import validate, validate_file
+    from klptrace.tracer.commands.validate import validate, validate_file
     recs = [ev.patch_enable(0, S, "lp", [{"name": "vmlinux", "callbacks": []}]),
             ev.transition(0, S, "lp", "init", "patched"),
             ev.transition(0, S + 1, "lp", "start", "patched"),

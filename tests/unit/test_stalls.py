@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from klptrace.tracer import events as ev
-from klptrace.tracer import rawevents as rw
-from klptrace.tracer import stalls as st
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.observe import stalls as st
 
 S = 1_000_000_000
 EBUSY, EINVAL = -16, -22
@@ -70,7 +70,7 @@ class Table:
     def switch(self, key):
         self.entries.pop(key, None)
 
-    # what tracer/stalls.py calls
+    # what tracer/observe/stalls.py calls
     def sweeps(self):
         return rw.Sweeps(**vars(self.sw))
 
@@ -346,7 +346,7 @@ def test_the_proc_source_names_a_blocker_and_its_function(tmp_path):
 
 
 def test_procstall_unpatching_looks_for_the_livepatch_module(tmp_path):
-    from klptrace.tracer import procstall
+    from klptrace.tracer.observe import procstall
     stack = "[<0>] livepatch_cmdline_proc_show+0x10/0x40 [lp]\n[<0>] seq_read+0x1/0x2\n"
     sysfs, proc = fake_host(tmp_path, {5: (5, "cat", 1, stack, False)}, target="unpatched")
     assert procstall.open_transition(str(sysfs)) == ("lp", "unpatched")
@@ -372,10 +372,10 @@ def test_reason_names_are_the_trace_formats():
 def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
     import json
 
-    from klptrace.tracer import statusfile
-    from klptrace.tracer.daemon import Daemon
-    from klptrace.tracer.engine import Engine
-    from klptrace.tracer.infer import Inference
+    from klptrace.tracer.daemon import statusfile
+    from klptrace.tracer.daemon.daemon import Daemon
+    from klptrace.tracer.judge.engine import Engine
+    from klptrace.tracer.observe.infer import Inference
 
     class Writer:
         def __init__(self):
@@ -423,8 +423,8 @@ def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
 
 
 def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace():
-    from klptrace.tracer.daemon import Daemon, Stage
-    from klptrace.tracer.infer import Inference
+    from klptrace.tracer.daemon.daemon import Daemon, Stage
+    from klptrace.tracer.observe.infer import Inference
 
     class Broken(Table):
         def sweeps(self):
@@ -443,7 +443,8 @@ def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace():
 
 
 def test_the_status_lock_is_the_daemons():
-    from klptrace.tracer import runcmd, statusfile
+    from klptrace.tracer.commands import run as runcmd
+    from klptrace.tracer.daemon import statusfile
     assert statusfile.LOCK == runcmd.LOCK
 
 

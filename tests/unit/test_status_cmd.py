@@ -12,9 +12,10 @@ import time
 from click.testing import CliRunner
 
 from klptrace.tracer import exitcodes as xc
-from klptrace.tracer import procstall, statusfile
-from klptrace.tracer.stalls import StallState, Task
-from klptrace.tracer.status_cmd import status
+from klptrace.tracer.observe import procstall
+from klptrace.tracer.daemon import statusfile
+from klptrace.tracer.observe.stalls import StallState, Task
+from klptrace.tracer.commands.status import status
 
 from test_stalls import STACK, fake_host
 

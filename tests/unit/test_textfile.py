@@ -11,9 +11,9 @@ from klptrace.exporters import server
 from klptrace.exporters.metrics import DaemonMetrics
 from model_scenarios import SCENARIOS
 from tracebuild import duplicate, is_cb, write_jsonl
-from klptrace.tracer.cli import cli
-from klptrace.tracer.engine import Engine
-from klptrace.tracer.traceio import read_trace
+from klptrace.tracer.commands.cli import cli
+from klptrace.tracer.judge.engine import Engine
+from klptrace.tracer.model.traceio import read_trace
 
 
 def families(text) -> dict:

@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from klptrace.exporters.tracewriter import TraceWriter
-from klptrace.tracer import events as ev
-from klptrace.tracer.validate_cmd import validate_file
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.commands.validate import validate_file
 
 STATE = {"patches": [{"name": "lp", "enabled": True, "transition": False,
                       "replace": False, "objects": [{"name": "vmlinux"}]}],

@@ -12,7 +12,7 @@ import pytest
 from model_scenarios import SCENARIOS
 from tracebuild import cb, insert_after, is_tr, renumber, write_jsonl
 
-KLPTRACE = [sys.executable, "-m", "klptrace.tracer.cli"]
+KLPTRACE = [sys.executable, "-m", "klptrace.tracer.commands.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
 

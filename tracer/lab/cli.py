@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .. import exitcodes
+from klptrace.tracer import exitcodes
 from .errors import LabError
 from .scenarios import NAMES
 
@@ -145,9 +145,9 @@ def demo(kernel: str | None, only: str | None, out_dir: str, preload: bool) -> N
     import json
     import os
 
-    from .. import stallsummary
-    from ..report import format_finding
-    from ..validate_cmd import validate_file
+    from klptrace.tracer.judge import stallsummary
+    from klptrace.tracer.judge.report import format_finding
+    from klptrace.tracer.commands.validate import validate_file
     from .runner import run_scenarios
 
     klptrace = os.path.join(os.path.dirname(sys.executable), "klptrace")

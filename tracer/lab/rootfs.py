@@ -158,7 +158,7 @@ def _write_wrapper(root: Path) -> None:
             "exec /usr/bin/python3 -c 'import os, sys, types; sys.argv[0] = \"klptrace\"; "
             "k = types.ModuleType(\"klptrace\"); k.__path__ = [os.environ[\"KLPT_REPO\"]]; "
             "sys.modules[\"klptrace\"] = k; "
-            "from klptrace.tracer.cli import main; sys.exit(main())' \"$@\"\n")
+            "from klptrace.tracer.commands.cli import main; sys.exit(main())' \"$@\"\n")
     w = root / TRACER_WRAPPER.lstrip("/")
     if not w.exists() or w.read_text() != text:
         w.parent.mkdir(parents=True, exist_ok=True)

@@ -317,7 +317,7 @@ SCENARIOS += (_producer("producer-kpatch", KP, "kpatch-build"),
 # and without it). With target-before-livepatch (an enable and a disable) and
 # busy-target (a stalled transition reversed), these are TRANSITION_SCENARIOS.
 # The stalled ones wait 3 s before the worker is released: three sweeps, so
-# that the tracer names the blocker first (tracer/stalls.py MIN_WINDOWS).
+# that the tracer names the blocker first (tracer/observe/stalls.py MIN_WINDOWS).
 SCENARIOS += (
     Scenario(
         "many-tasks-switching",

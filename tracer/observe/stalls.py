@@ -1,0 +1,469 @@
+"""Stalled transitions explained: which tasks keep a livepatch transition
+open, why, on which function, since when; turned into `stall` records (trace
+format v1, docs/trace-format.md) and kept as the current state for the
+metrics, the daemon's status file and `klptrace status`.
+
+Sources (tracer/observe/probeplan.py ``Plan.stall_source``):
+
+* ``check``: the BPF table ``stall_tasks`` (bpf/klptrace.bpf.c, "stalls"),
+  one entry per task whose klp_check_and_switch_task() failed, with the
+  kernel's reason and, on -EADDRINUSE, the function (func->old_name); and
+  ``stall_sweep``, the sweeps of klp_try_complete_transition().
+* ``switch``: the same tables filled from klp_try_switch_task() (kernels
+  without klp_check_and_switch_task): which tasks, no reason; the function
+  is looked up in /proc/TID/stack (tracer/observe/procstall.py).
+* ``proc``: no stall probe: /proc/*/task/*/patch_state, scanned while a
+  transition is open.
+
+Invariants:
+
+* Nothing is read outside a transition: the daemon calls ``tick`` with the
+  inference's transition patch, and the tables are read only while it is
+  set, after each sweep the kernel completes (about once a second) or every
+  ``READ_EVERY_NS`` at the latest.
+* A task is a *blocker* once its checks failed in three sweep windows
+  (``MIN_WINDOWS``): the kernel retried it twice, about two seconds. Tasks
+  that are merely on a CPU at a sweep (idle tasks, the enabling process, a
+  kthread busy at that moment) switch at their next idle loop, kernel exit
+  or sleep and are not reported: the lab saw rcu_preempt `running` at two
+  sweeps in a row of a healthy transition, never at three. An entry that
+  the last completed sweep did not check has switched (or exited): the sweep
+  checks every task that has not.
+* Bounded output, never silent: per transition direction at most
+  ``MAX_LISTED`` tasks get records of their own, each at most
+  ``MAX_RECORDS_PER_TASK`` `blocked` records (first report, then changes of
+  reason or function) and one `switched`; blockers beyond the list, and
+  failed checks the BPF table had no room for, are counted in `overflow`
+  records, written when either number first becomes non-zero and each time
+  it doubles; one `signalled` record (the first time the kernel signals the
+  remaining tasks), one `cleared` at the end. So a direction writes at most
+  64 * 5 + 2 records plus one `overflow` per doubling (at most 13 for
+  unlisted blockers, which the 4096-entry table bounds), however many tasks
+  retry however often. Every task record the bound keeps out is counted
+  (``records_suppressed``); the state, and so the metrics, counts every
+  blocker.
+* Records go out through the inference's output queue (``emit``), which
+  numbers them: the trace stays in order. ``on_record`` only notes what a
+  transition record says; the records it implies are written at the next
+  ``tick`` (never from inside the queue's own write).
+* ``state`` is replaced whole, never mutated: scrapes read it from other
+  threads.
+* The per-task check probes (the BPF sources' ``stall-check``/``stall-switch``
+  points, hit for every task at every sweep) are armed (``arm(True)``) only
+  once a sweep of the open transition has left tasks behind, and disarmed
+  when the transition ends or no transition is open: a transition that
+  completes at its first sweep never runs them. A task whose first seen
+  failed check is at the first sweep after the arming had not switched at
+  any earlier sweep of the direction either (a task never switches back
+  within one), so its windows count from the direction's first sweep, and a
+  blocker is still named at the third sweep.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.observe import procstall
+from klptrace.tracer.observe import rawevents as rw
+
+MIN_WINDOWS = 3
+MAX_LISTED = 64
+MAX_RECORDS_PER_TASK = 4
+READ_EVERY_NS = 1_000_000_000        # at the latest, when no sweep completed (a long sweep)
+PROC_SCAN_AFTER_NS = 2_000_000_000   # the proc source: first scan once open this long
+PROC_SCAN_EVERY_NS = 5_000_000_000   # ... then every 5 s (O(threads) file reads)
+STATE_BLOCKERS = 256                 # blockers the status file lists (the rest counted)
+
+
+class Reason(str, enum.Enum):
+    """Why a task has not switched (the `reason` field and label)."""
+    RUNNING = "running"                          # -EBUSY: on a CPU at the check
+    UNRELIABLE_STACK = "unreliable_stack"        # -EINVAL: its stack cannot be walked reliably
+    SLEEPING_ON_FUNCTION = "sleeping_on_function"  # -EADDRINUSE: a patched function on its stack
+    NOT_SWITCHED = "not_switched"                # the kernel's reason is not known (fallbacks)
+    ERROR = "error"                              # another return code
+
+
+REASONS = tuple(r.value for r in Reason)
+_ERRNO = {-16: Reason.RUNNING, -22: Reason.UNRELIABLE_STACK,
+          -rw.EADDRINUSE: Reason.SLEEPING_ON_FUNCTION}
+
+
+def reason_of(b: rw.Blocker) -> Reason:
+    if b.source == rw.STALL_FROM_SWITCH:
+        return Reason.NOT_SWITCHED
+    return _ERRNO.get(b.ret, Reason.ERROR)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One blocker as reported."""
+    key: int                    # task pointer (BPF) or thread id (proc)
+    pid: int                    # thread id; 0 for an idle task
+    tgid: int
+    comm: str
+    kthread: bool
+    reason: str
+    function: str | None
+    since_ns: int               # its first failed check (proc: first seen)
+    checks: int = 0             # failed checks (BPF sources)
+
+    def to_json(self) -> dict:
+        d = {"pid": self.pid, "tgid": self.tgid, "comm": self.comm, "kthread": self.kthread,
+             "reason": self.reason, "since_ns": self.since_ns, "checks": self.checks}
+        if self.function:
+            d["function"] = self.function
+        return d
+
+
+@dataclass(frozen=True)
+class StallState:
+    """The open transition and its blockers, as of the last poll."""
+    patch: str | None = None            # None: no transition open
+    target: str | None = None
+    opened_ns: int | None = None        # its `start` (the daemon's, if it began before)
+    before_daemon: bool = False         # it was open when the daemon started
+    source: str = "proc"
+    sweeps: int = 0                     # sweeps of this direction (BPF sources)
+    signals: int = 0                    # times the kernel signalled the remaining tasks
+    forced: bool = False
+    reversed: bool = False
+    blockers: tuple[Task, ...] = ()     # every blocker known, oldest first
+    as_of_ns: int = 0                   # when this state was taken (CLOCK_MONOTONIC)
+    # cumulative, for the life of the daemon
+    untracked_checks: int = 0           # failed checks the BPF table had no room for
+    records_suppressed: int = 0         # task records the bound kept out of the trace
+    probes_armed: bool = False          # the per-task check probes are armed now
+
+    def to_json(self, limit: int = STATE_BLOCKERS) -> dict:
+        return {"patch": self.patch, "target": self.target, "opened_ns": self.opened_ns,
+                "source": self.source, "sweeps": self.sweeps, "signals": self.signals,
+                "forced": self.forced, "reversed": self.reversed, "as_of_ns": self.as_of_ns,
+                "before_daemon": self.before_daemon,
+                "blockers": [t.to_json() for t in self.blockers[:limit]],
+                "blockers_total": len(self.blockers)}
+
+
+class StallTable(Protocol):
+    """The BPF tables (tracer/observe/loader.py ``BpfStallTable``)."""
+
+    def sweeps(self) -> rw.Sweeps: ...
+    def blockers(self) -> list[rw.Blocker]: ...
+    def forget(self, keys: list[int]) -> None: ...
+    def clear(self) -> None: ...
+
+
+@dataclass
+class _Listed:
+    """A task with records of its own in this direction."""
+    records: int = 0            # blocked records written
+    reason: str = ""
+    function: str | None = None
+
+
+@dataclass
+class _Direction:
+    """One transition direction: from init (or a reverse) to its end."""
+    patch: str
+    target: str
+    began_ns: int               # the init / reverse record (0: before the daemon)
+    opened_ns: int | None       # the `start` record
+    listed: dict = field(default_factory=dict)      # (key, pid) -> _Listed
+    current: dict = field(default_factory=dict)     # (key, pid) -> Task
+    forced: bool = False
+    reversed: bool = False
+    before_daemon: bool = False  # open when the daemon started: opened_ns is its start
+    unlisted_written: int = 0   # unlisted blockers when the last overflow record went out
+    untracked_written: int = 0  # ... and failed checks the table had no room for
+    untracked_base: int | None = None   # the table's overflow counter when this began
+    signalled: bool = False
+    reported: bool = False      # any blocker reported: a `cleared` is owed
+    sweeps: int = 0
+    signals: int = 0
+    gen: int | None = None      # the BPF generation of this direction, once read
+    armed_window: int | None = None     # sweeps started when the check probes were armed
+    last_done_ns: int = 0       # the sweep the last read followed
+    last_read_ns: int = 0
+    seen: dict = field(default_factory=dict)        # proc: tid -> (first seen ns, scans)
+
+
+class StallTracker:
+    def __init__(self, emit: Callable[[dict], None], *, source: str = "proc",
+                 table: StallTable | None = None, on_change: Callable[[StallState], None] | None = None,
+                 open_at_start: tuple[str, str] | None = None,
+                 clock: Callable[[], int] = time.monotonic_ns,
+                 proc_root: str = procstall.PROC, sysfs_root: str = procstall.LIVEPATCH,
+                 arm: Callable[[bool], None] | None = None):
+        self._emit = emit
+        self._arm = arm
+        self.probes_armed = False
+        self.source = source if table is not None or source == "proc" else "proc"
+        self._table = table
+        self._on_change = on_change
+        self._clock = clock
+        self._proc, self._sysfs = proc_root, sysfs_root
+        self._queue: list[dict] = []
+        self._dir: _Direction | None = None
+        if open_at_start is not None:
+            # the daemon started inside a transition: its start is not known;
+            # its age counts from now (a lower bound, said so)
+            self._dir = _Direction(open_at_start[0], open_at_start[1], 0, self._clock(),
+                                   before_daemon=True)
+        self._functions: dict[tuple[int, int], str | None] = {}     # proc lookups, per task
+        self.untracked_checks = 0
+        self.records_suppressed = 0
+        self.state = StallState(source=self.source)
+        self._publish(self._clock())
+
+    # --- what the trace says -----------------------------------------------------
+
+    def on_record(self, rec: dict) -> None:
+        """Every record the daemon writes passes here; transition records are
+        noted (cheap), everything else ignored."""
+        if rec.get("type") == "transition":
+            self._queue.append(rec)
+
+    def tick(self, now_ns: int, transition_patch: str | None) -> None:
+        """The daemon's tick (tracer/daemon/runloop.py): what the transition records implied, then,
+        while a transition is open, a read of the source."""
+        changed = False
+        queue, self._queue = self._queue, []
+        for rec in queue:
+            changed |= self._transition(rec)
+        d = self._dir
+        if d is not None and transition_patch is not None:
+            changed |= self._poll(d, now_ns)
+        elif self.probes_armed:
+            changed |= self._set_armed(False)       # nothing open: nothing to check
+        if changed:
+            self._publish(now_ns)
+
+    def _set_armed(self, on: bool) -> bool:
+        if self._arm is None or on == self.probes_armed:
+            return False
+        self._arm(on)
+        self.probes_armed = on
+        return True
+
+    def _transition(self, rec: dict) -> bool:
+        e, ts, d = rec["event"], rec["ts_ns"], self._dir
+        if e == "init":
+            if d is not None:
+                self._end(d, ts, "init")
+            self._dir = _Direction(rec["patch"], rec["target"], ts, None,
+                                   armed_window=0 if self.probes_armed else None)
+        elif e == "start":
+            if d is None:
+                self._dir = _Direction(rec["patch"], rec["target"], ts, ts,
+                                       armed_window=0 if self.probes_armed else None)
+            elif d.opened_ns is None and d.began_ns:
+                d.opened_ns = ts
+            # a start after a reverse keeps the first one: the transition
+            # (sysfs `transition` = 1) has been open since then
+        elif e == "reverse":
+            if d is None:
+                return False
+            self._end(d, ts, "reverse")
+            self._dir = _Direction(d.patch, rec["target"], ts, d.opened_ns,
+                                   forced=d.forced, reversed=True, before_daemon=d.before_daemon,
+                                   armed_window=0 if self.probes_armed else None)
+        elif e == "force":
+            if d is None:
+                return False
+            d.forced = True
+        elif e in ("complete", "cancel"):
+            if d is not None:
+                self._end(d, ts, e)
+            self._dir = None
+            self._set_armed(False)
+        else:
+            return False
+        return True
+
+    def _end(self, d: _Direction, ts: int, cause: str) -> None:
+        """The direction ended: a `cleared` record if it reported anything,
+        and its entries leave the table (a later transition's have a higher
+        generation and stay)."""
+        if d.reported:
+            self._write(ev.stall(0, ts, d.patch, d.target, "cleared", since_ns=self._since(d),
+                                 tasks=len(d.current), cause=cause, sweeps=d.sweeps,
+                                 signals=d.signals, forced=d.forced))
+        self._functions.clear()
+        if self._table is not None and d.gen is not None:
+            try:
+                self._table.forget([b.key for b in self._table.blockers() if b.gen <= d.gen])
+            except Exception:       # a failed map call: the generation check still holds
+                pass
+
+    @staticmethod
+    def _since(d: _Direction) -> int:
+        """since_ns of the records about the whole direction: when it began
+        (its start; for a reversed one, the reverse)."""
+        if d.opened_ns is not None and d.opened_ns >= d.began_ns:
+            return d.opened_ns
+        return d.began_ns
+
+    # --- reading the source --------------------------------------------------------
+
+    def _poll(self, d: _Direction, now: int) -> bool:
+        if self.source == "proc":
+            return self._poll_proc(d, now)
+        try:
+            sw = self._table.sweeps()
+        except Exception:
+            return False
+        if sw.gen_ns < d.began_ns:
+            return False        # no sweep of this direction yet
+        armed = False
+        if sw.incomplete or d.before_daemon:
+            armed = self._set_armed(True)           # tasks left behind: watch each check
+            if d.armed_window is None:
+                d.armed_window = sw.started
+        if sw.done_end_ns == d.last_done_ns and now - d.last_read_ns < READ_EVERY_NS:
+            return armed
+        d.last_done_ns, d.last_read_ns, d.gen = sw.done_end_ns, now, sw.gen
+        if d.untracked_base is None:
+            d.untracked_base = sw.overflow
+        self.untracked_checks = sw.overflow
+        try:
+            entries = self._table.blockers()
+        except Exception:
+            return False
+        stale, tasks = [], {}
+        for b in entries:
+            if b.gen != sw.gen or (sw.done_start_ns and b.last_ns < sw.done_start_ns):
+                stale.append(b.key)     # an earlier direction's, or switched / exited since
+            elif b.last_window >= self._first_window(d, b) + MIN_WINDOWS - 1:
+                fn = b.function or None
+                if fn is None and self.source == "switch":
+                    fn = self._function_from_proc(d, b.key, b.pid)
+                tasks[(b.key, b.pid)] = Task(b.key, b.pid, b.tgid, b.comm, b.kthread,
+                                             reason_of(b).value, fn, b.first_ns, b.checks)
+        if stale:
+            try:
+                self._table.forget(stale)
+            except Exception:
+                pass
+        d.sweeps, d.signals = sw.started, sw.signals
+        if sw.signals and not d.signalled:
+            d.signalled = True
+            self._write(ev.stall(0, sw.signal_ns or now, d.patch, d.target, "signalled",
+                                 since_ns=self._since(d), tasks=len(tasks), signals=sw.signals))
+        self._report(d, tasks, now, untracked=sw.overflow - d.untracked_base)
+        return True
+
+    @staticmethod
+    def _first_window(d: _Direction, b: rw.Blocker) -> int:
+        """The first sweep of the direction the task failed: a task first seen
+        failing at the first sweep after the arming failed every earlier one."""
+        if d.armed_window and b.first_window == d.armed_window + 1:
+            return 1
+        return b.first_window
+
+    def _function_from_proc(self, d: _Direction, key: int, pid: int) -> str | None:
+        """The fallback source names no function: /proc/TID/stack, once per task."""
+        k = (key, pid)
+        if k not in self._functions:
+            names, module = self._stack_match(d)
+            self._functions[k] = procstall.function_on_stack(pid, names, module, self._proc)
+        return self._functions[k]
+
+    def _stack_match(self, d: _Direction) -> tuple[set[str], str | None]:
+        """What a stack frame must be to block: patching, one of the patch's
+        functions; unpatching, a function of the livepatch module itself."""
+        if d.target == "patched":
+            return procstall.patch_functions(d.patch, self._sysfs), None
+        return set(), d.patch
+
+    def _poll_proc(self, d: _Direction, now: int) -> bool:
+        if d.last_read_ns:
+            if now - d.last_read_ns < PROC_SCAN_EVERY_NS:
+                return False
+        elif d.began_ns and now - self._since(d) < PROC_SCAN_AFTER_NS:
+            return False
+        d.last_read_ns = now
+        names, module = self._stack_match(d)
+        try:
+            found = procstall.blockers(d.target, names, module, proc=self._proc)
+        except procstall.ProcAccessError:
+            return False
+        tasks, seen = {}, {}
+        for t in found:
+            first, scans = d.seen.get(t.tid, (now, 0))
+            seen[t.tid] = (first, scans + 1)
+            if scans + 1 >= MIN_WINDOWS:
+                tasks[(t.tid, t.tid)] = Task(t.tid, t.tid, t.tgid, t.comm, t.kthread,
+                                             Reason.NOT_SWITCHED.value, t.function, first)
+        d.seen = seen
+        d.sweeps += 1           # the proc source's "sweeps" are its scans
+        self._report(d, tasks, now, untracked=0)
+        return True
+
+    # --- records ---------------------------------------------------------------------
+
+    def _report(self, d: _Direction, tasks: dict, now: int, *, untracked: int) -> None:
+        """Diff the blockers with the last poll's; write what the bound allows,
+        count what it does not."""
+        for k, t in tasks.items():
+            listed = d.listed.get(k)
+            if listed is None:
+                if len(d.listed) >= MAX_LISTED:
+                    if k not in d.current:
+                        self.records_suppressed += 1    # a new blocker, unlisted
+                    continue
+                listed = d.listed[k] = _Listed()
+            elif (listed.reason, listed.function) == (t.reason, t.function):
+                continue
+            listed.reason, listed.function = t.reason, t.function
+            if listed.records >= MAX_RECORDS_PER_TASK:
+                self.records_suppressed += 1            # a change beyond the task's bound
+                continue
+            listed.records += 1
+            d.reported = True
+            self._write(self._task_record(d, "blocked", t, now))
+        for k, t in d.current.items():
+            if k not in tasks and k in d.listed:
+                self._write(self._task_record(d, "switched", t, now))
+        d.current = tasks
+        unlisted = sum(1 for k in tasks if k not in d.listed)
+        grew = ((unlisted and unlisted >= 2 * d.unlisted_written)
+                or (untracked and untracked >= 2 * d.untracked_written))
+        if grew:
+            d.unlisted_written = max(d.unlisted_written, unlisted)
+            d.untracked_written = max(d.untracked_written, untracked)
+            d.reported = True
+            self._write(ev.stall(0, now, d.patch, d.target, "overflow", since_ns=self._since(d),
+                                 tasks=unlisted, untracked_checks=untracked))
+
+    @staticmethod
+    def _task_record(d: _Direction, event: str, t: Task, now: int) -> dict:
+        return ev.stall(0, now, d.patch, d.target, event, since_ns=t.since_ns, pid=t.pid,
+                        tgid=t.tgid, comm=t.comm, reason=t.reason, function=t.function,
+                        kthread=t.kthread, checks=t.checks)
+
+    def _write(self, rec: dict) -> None:
+        self._emit(rec)
+
+    def _publish(self, now: int) -> None:
+        d = self._dir
+        common = {"source": self.source, "as_of_ns": now,
+                  "untracked_checks": self.untracked_checks,
+                  "records_suppressed": self.records_suppressed,
+                  "probes_armed": self.probes_armed}
+        if d is None:
+            self.state = StallState(**common)
+        else:
+            self.state = StallState(
+                patch=d.patch, target=d.target, opened_ns=d.opened_ns, sweeps=d.sweeps,
+                signals=d.signals, forced=d.forced, reversed=d.reversed,
+                before_daemon=d.before_daemon, blockers=tuple(sorted(d.current.values(), key=lambda t: (t.since_ns, t.pid))),
+                **common)
+        if self._on_change is not None:
+            try:
+                self._on_change(self.state)
+            except Exception:
+                pass            # a status file that cannot be written changes nothing here
