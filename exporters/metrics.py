@@ -35,7 +35,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from klptrace.tracer import __version__
 from klptrace.tracer.model import events as ev
 from klptrace.tracer.model import rules as rules_mod
+from klptrace.tracer.daemon.pipeline import Stage
+from klptrace.tracer.daemon.runloop import Wake
 from klptrace.tracer.judge.engine import OUTCOMES, RESULTS, Stats
+from klptrace.tracer.observe.directprobes import DirectError
+from klptrace.tracer.observe.holds import HoldReason
+from klptrace.tracer.observe.infer import Gap
 
 PREFIX = "klptrace_"
 
@@ -287,17 +292,17 @@ class ProbeCollector:
         yield g
 
 
-# Bounded label values of the health families (the daemon's own enums:
-# tracer.daemon.Stage, tracer.rawevents.HIT_PROGRAMS, the inference's gap and
-# hold reasons); a family lists every value from the start.
-HANDLER_STAGES = ("decode", "infer", "write", "judge", "tick", "stalls")
-GAP_REASONS = ("mid-operation", "snapshot-truncated", "snapshot-incomplete",
-               "coming-no-return", "coming-unplaced", "going-unplaced")
-HOLDS = ("pre_unpatch", "completion", "module post_patch", "module post_unpatch",
-         "enable return", "module coming return", "exit", "records lost")
-DIRECT_PROBE_ERRORS = ("preload", "by-address", "remove", "worker")
-# why the daemon's wait ended (tracer/daemon/runloop.py Wake)
-WAKE_REASONS = ("ring", "discovery", "signal", "timer")
+# Bounded label values of the health families: each is the enum of the
+# module that produces it, and a family lists every member from the start.
+def _values(enum_cls) -> tuple[str, ...]:
+    return tuple(m.value for m in enum_cls)
+
+
+HANDLER_STAGES = _values(Stage)             # tracer/daemon/pipeline.py: where an error was caught
+GAP_REASONS = _values(Gap)                  # tracer/observe/infer.py: parts not observed
+HOLDS = _values(HoldReason)                 # tracer/observe/holds.py: holds that expired
+DIRECT_PROBE_ERRORS = _values(DirectError)  # tracer/observe/directprobes.py
+WAKE_REASONS = _values(Wake)                # tracer/daemon/runloop.py: why the daemon's wait ended
 
 
 class HealthCollector:

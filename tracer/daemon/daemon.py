@@ -15,7 +15,6 @@ a ``loss`` record in the trace says how many records are missing from it.
 
 from __future__ import annotations
 
-import enum
 import os
 import signal
 import sys
@@ -27,18 +26,10 @@ from klptrace.tracer.observe import kstate
 from klptrace.tracer.observe import rawevents as rw
 from klptrace.tracer.daemon import runloop
 from klptrace.tracer.daemon import statusfile
+from klptrace.tracer.daemon.pipeline import Stage
+from klptrace.tracer.judge.findings import VIOLATION
 from klptrace.tracer.observe.infer import Inference
 from klptrace.tracer.observe.probeplan import make_plan, format_plan
-
-
-class Stage(str, enum.Enum):
-    """Where on the event path an error was caught (the `stage` label)."""
-    DECODE = "decode"       # a ring-buffer event into rawevents.Raw
-    INFER = "infer"         # tracer.infer: raw events into records
-    WRITE = "write"         # the trace writer
-    JUDGE = "judge"         # the rule engine
-    TICK = "tick"           # the run loop's own work (losses, hold deadlines)
-    STALLS = "stalls"       # reading a stalled transition's blockers (tracer/observe/stalls.py)
 
 
 def log(msg: str) -> None:
@@ -252,7 +243,7 @@ class Daemon:
             self.handler_errors[Stage.WRITE.value] = self.handler_errors.get(Stage.WRITE.value, 0) + 1
 
     def _report(self, f) -> None:
-        if f.kind == "violation":
+        if f.kind == VIOLATION:
             self.violations += 1
             log(f"VIOLATION {f.rule}: {f.message}")
         elif f.kind == "unknown":
@@ -290,14 +281,15 @@ class Daemon:
         """The stall view (tracer/observe/stalls.py): its records go through the
         inference's queue, which numbers them in order."""
         from klptrace.tracer.observe.loader import OnDemandProbes
-        from klptrace.tracer.observe.stalls import StallTracker
+        from klptrace.tracer.observe.stalls import StallSource, StallTracker
         source = plan.stall_source()
         open_now = next(((p["name"], "patched" if p["enabled"] else "unpatched")
                          for p in state["patches"] if p["transition"]), None)
         on_demand = OnDemandProbes(loader, plan.on_demand(), log=lambda m: log(f"warning: {m}"))
         on_demand.set(False)        # armed by the tracker when a sweep leaves tasks behind
         self.stalls = StallTracker(self.inference.out.emit, source=source,
-                                   table=loader.stall_table() if source != "proc" else None,
+                                   table=(loader.stall_table()
+                                          if source is not StallSource.PROC else None),
                                    on_change=self._write_status, open_at_start=open_now,
                                    arm=on_demand.set)
         log(f"stalled transitions: source {source}")

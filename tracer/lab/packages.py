@@ -17,7 +17,6 @@ then exactly where the guest kernel and bcc look for them.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass

@@ -30,6 +30,7 @@ nothing (its generation changed).
 
 from __future__ import annotations
 
+import enum
 import os
 import queue
 import threading
@@ -37,10 +38,19 @@ import time
 from typing import Callable
 
 from klptrace.tracer.observe import rawevents as rw
-from klptrace.tracer.observe.modsyms import CALLBACKS, Preload, Target
+from klptrace.tracer.observe.modsyms import CALLBACKS, Preload
 from klptrace.tracer.observe.probeplan import tracefs_dir
 
 GROUP = "klptrace"
+
+
+class DirectError(str, enum.Enum):
+    """A direct probe that could not be made or unmade (the `kind` label of
+    klptrace_direct_probe_errors_total): its callbacks stay inferred."""
+    PRELOAD = "preload"             # defining or attaching a probe of a preloaded module
+    BY_ADDRESS = "by-address"       # ... one by address, at a patch's enable
+    REMOVE = "remove"               # removing one
+    WORKER = "worker"               # the worker thread itself
 KPROBE_LIST = "/sys/kernel/debug/kprobes/list"
 ADDR_SLACK = 16          # a kprobe may sit past an endbr64 (arch_adjust_kprobe_addr)
 
@@ -158,7 +168,7 @@ class DirectProbes:
         self._cover = preload.cover()
         self._q: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
-        self.errors: dict[str, int] = {}               # kind -> probe errors (a metric)
+        self.errors: dict[DirectError, int] = {}       # kind -> probe errors (a metric)
         self.attached = 0                              # events with a program attached now
 
     # --- life cycle -----------------------------------------------------------------
@@ -231,7 +241,7 @@ class DirectProbes:
                 elif req[0] == "preload":
                     self._define_preloaded(set(req[1]))
             except Exception as e:    # the worker must outlive any one request
-                self._error("worker", f"direct probes: {type(e).__name__}: {e}")
+                self._error(DirectError.WORKER, f"direct probes: {type(e).__name__}: {e}")
 
     def _attach(self, patch: str, want: list[tuple[str, int, int]], gen: int) -> None:
         live: dict[tuple[str, str, int], tuple[int, int]] = {}
@@ -265,8 +275,8 @@ class DirectProbes:
             paired = 0 in kinds
             got = []
             if paired:
-                got.append(self._define(True, f"{a:#x}", False, "by-address"))
-            got.append(self._define(False, f"{a:#x}", paired, "by-address"))
+                got.append(self._define(True, f"{a:#x}", False, DirectError.BY_ADDRESS))
+            got.append(self._define(False, f"{a:#x}", paired, DirectError.BY_ADDRESS))
             evs += [e for e in got if e is not None]
             if all(e is not None for e in got):
                 ok.add(a)
@@ -287,7 +297,7 @@ class DirectProbes:
 
     def _define_preloaded(self, modules: set[str] | None) -> None:
         for t in sorted(self.preload.targets(modules), key=lambda t: not t.ret):
-            ev = self._define(t.ret, f"{t.module}:{t.spec}", t.paired, "preload")
+            ev = self._define(t.ret, f"{t.module}:{t.spec}", t.paired, DirectError.PRELOAD)
             if ev is not None:
                 self._preloaded.append(ev)
         self._cover = self.preload.cover()
@@ -298,7 +308,8 @@ class DirectProbes:
 
     # --- one event ---------------------------------------------------------------------
 
-    def _define(self, ret: bool, location: str, paired: bool, kind: str) -> _Event | None:
+    def _define(self, ret: bool, location: str, paired: bool,
+                kind: DirectError) -> _Event | None:
         name, err = self.events.define(ret, location)
         if name is None:
             self._error(kind, f"direct probe {location}: {err}")
@@ -318,9 +329,9 @@ class DirectProbes:
             ev.fd = None
         err = self.events.remove(ev.name)
         if err:
-            self._error("remove", err)
+            self._error(DirectError.REMOVE, err)
 
-    def _error(self, kind: str, msg: str) -> None:
+    def _error(self, kind: DirectError, msg: str) -> None:
         first = kind not in self.errors
         self.errors[kind] = self.errors.get(kind, 0) + 1
         if first or self.errors[kind] <= 3:

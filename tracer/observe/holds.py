@@ -20,12 +20,27 @@ never a guess passed off as an observation. Expiries are counted in
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from typing import Callable
 
 from klptrace.tracer.model import events as ev
 
 HOLD_NS = 10_000_000_000    # a hold waits at most 10 s (a callback may be slow; docs/probes.md)
+
+
+class HoldReason(str, enum.Enum):
+    """What a hold waits for, or why it was let go (the `hold` label of
+    klptrace_holds_expired_total): the inference's steps and returns, and the
+    queue's own flushes."""
+    PRE_UNPATCH = "pre_unpatch"                     # the disable step's pre_unpatch callbacks
+    COMPLETION = "completion"                       # klp_complete_transition's post callbacks
+    MODULE_POST_PATCH = "module post_patch"         # klp_module_coming's post_patch
+    MODULE_POST_UNPATCH = "module post_unpatch"     # klp_cleanup_module_patches_limited's
+    ENABLE_RETURN = "enable return"                 # a failing pre_patch's code, at klp_enable_patch's return
+    MODULE_COMING_RETURN = "module coming return"   # ... at klp_module_coming's return
+    EXIT = "exit"                                   # the daemon stopped
+    RECORDS_LOST = "records lost"                   # a ring-buffer loss came first
 MAX_QUEUE = 10_000          # records waiting behind the oldest hold
 
 
@@ -34,7 +49,7 @@ class Hold:
 
     __slots__ = ("why", "deadline_ns", "records", "resolved", "on_expire")
 
-    def __init__(self, why: str, deadline_ns: int, records: list[dict] | None = None,
+    def __init__(self, why: HoldReason, deadline_ns: int, records: list[dict] | None = None,
                  on_expire: Callable[["Hold"], None] | None = None):
         self.why = why                        # a bounded reason, also the metric label
         self.deadline_ns = deadline_ns
@@ -56,7 +71,7 @@ class OutputQueue:
         self.hold_ns = hold_ns
         self.max_queue = max_queue
         self._q: deque = deque()              # dict (ready record) or Hold
-        self.expired: dict[str, int] = {}     # reason -> holds that expired
+        self.expired: dict[HoldReason, int] = {}     # reason -> holds that expired
 
     def __len__(self) -> int:
         return len(self._q)
@@ -65,7 +80,7 @@ class OutputQueue:
         self._q.append(rec)
         self._pump()
 
-    def hold(self, why: str, now_ns: int, records: list[dict] | None = None,
+    def hold(self, why: HoldReason, now_ns: int, records: list[dict] | None = None,
              on_expire: Callable[[Hold], None] | None = None) -> Hold:
         h = Hold(why, now_ns + self.hold_ns, records, on_expire)
         self._q.append(h)
@@ -76,7 +91,7 @@ class OutputQueue:
         or behind which too much waits."""
         self._pump(now_ns)
 
-    def flush(self, why: str = "exit", *, gap: bool = True) -> None:
+    def flush(self, why: HoldReason = HoldReason.EXIT, *, gap: bool = True) -> None:
         """Everything goes out: unresolved holds expire (at exit; before a ring
         loss, whose own loss record follows, with ``gap=False``)."""
         while self._q:
@@ -109,14 +124,14 @@ class OutputQueue:
                 q.popleft()
                 self._write(head)
 
-    def _expire(self, h: Hold, reason: str, *, gap: bool = True) -> None:
+    def _expire(self, h: Hold, reason: HoldReason, *, gap: bool = True) -> None:
         if h.on_expire is not None:
             h.on_expire(h)
         self.expired[reason] = self.expired.get(reason, 0) + 1
         self._write_all(h.records)
         if gap:
             ts = h.records[-1]["ts_ns"] if h.records else h.deadline_ns - self.hold_ns
-            self._write(ev.loss(0, ts, 0, reason=f"hold expired: {reason}"))
+            self._write(ev.loss(0, ts, 0, reason=f"hold expired: {reason.value}"))
 
     def _write_all(self, records: list[dict]) -> None:
         for r in records:

@@ -59,15 +59,27 @@ after going: obj->mod follows mod->klp_alive, which the section sets).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from klptrace.tracer.model import events as ev
 from klptrace.tracer.observe import rawevents as rw
-from klptrace.tracer.observe.holds import HOLD_NS, MAX_QUEUE, Hold, OutputQueue
+from klptrace.tracer.observe.holds import HOLD_NS, MAX_QUEUE, Hold, HoldReason, OutputQueue
 from klptrace.tracer.observe.snapshots import Assembler, Snapshot
 
 CB_NAMES = ev.CALLBACKS      # index = struct klp_callbacks order
+
+
+class Gap(str, enum.Enum):
+    """Why part of an operation was not observed (a `loss` record with a
+    reason; the `reason` label of klptrace_observation_gaps_total)."""
+    MID_OPERATION = "mid-operation"             # a return or a call without the start the daemon missed
+    SNAPSHOT_TRUNCATED = "snapshot-truncated"   # objects beyond the snapshot bound
+    SNAPSHOT_INCOMPLETE = "snapshot-incomplete" # a snapshot cut short
+    COMING_NO_RETURN = "coming-no-return"       # klp_module_coming's return never came
+    COMING_UNPLACED = "coming-unplaced"         # nothing placed a coming record in time
+    GOING_UNPLACED = "going-unplaced"           # ... a going record
 PRE, POST, PRE_UN, POST_UN = range(4)
 DIRECT_SLACK = 16            # a kprobe's ip may be the address + 1 (int3) or + 4 (endbr64)
 
@@ -110,7 +122,7 @@ class _Slot:
 @dataclass
 class _Step:
     """A klp_mutex step whose callbacks are predicted (see the module docstring)."""
-    what: str                        # bounded: the hold's reason and metric label
+    what: HoldReason                 # the hold's reason and metric label
     pid: int
     opened_ns: int
     hold: Hold
@@ -160,7 +172,7 @@ class Inference:
         self.comings: dict[int, _Coming] = {}        # tid -> the klp_module_coming it is in
         self.goings: dict[int, tuple[str, int]] = {}        # tid -> (module, entry ts)
         self.pending_mod: dict[int, tuple[str, str, int]] = {}   # tid -> (module, event, entry ts)
-        self.gaps: dict[str, int] = {}               # reason -> gaps written (a metric)
+        self.gaps: dict[Gap, int] = {}               # reason -> gaps written (a metric)
         self.unattributed = 0                        # direct hits naming no patch (a metric)
 
     # --- output -----------------------------------------------------------------
@@ -172,7 +184,7 @@ class Inference:
     def _emit(self, rec: dict) -> None:
         self.out.emit(rec)
 
-    def _gap(self, ts: int, reason: str, key: str) -> None:
+    def _gap(self, ts: int, reason: str, key: Gap) -> None:
         """Part of an operation was not observed: a loss record right here."""
         self.gaps[key] = self.gaps.get(key, 0) + 1
         self._emit(ev.loss(0, ts, 0, reason=reason))
@@ -202,13 +214,13 @@ class Inference:
                 del self.pending_mod[tid]
                 self._module(ts, mod, e)
                 self._gap(ts, f"no further event of the thread in klp_module_{e} of {mod}",
-                          f"{e}-unplaced")
+                          Gap.COMING_UNPLACED if e == "coming" else Gap.GOING_UNPLACED)
         for tid, c in list(self.comings.items()):
             if now_ns >= c.ts_ns + self.hold_ns:
                 del self.comings[tid]
                 if self._targeted(c.module):
                     self._gap(c.ts_ns, f"no return from klp_module_coming of {c.module}",
-                              "coming-no-return")
+                              Gap.COMING_NO_RETURN)
         self.out.pump(now_ns)
 
     def loss(self, ts_ns: int, count: int, reason: str | None = None) -> None:
@@ -219,7 +231,7 @@ class Inference:
         for snap in self.snapshots.flush():
             self._dispatch(snap)
         self._place_all_pending()
-        self.out.flush("records lost", gap=False)   # the loss record below says it
+        self.out.flush(HoldReason.RECORDS_LOST, gap=False)   # the loss record below says it
         self.comings, self.goings, self.enable_fail = {}, {}, None
         self._emit(ev.loss(0, ts_ns, count, reason=reason))
 
@@ -258,7 +270,7 @@ class Inference:
 
     # --- steps ----------------------------------------------------------------------
 
-    def _open_step(self, what: str, r: rw.Raw) -> _Step:
+    def _open_step(self, what: HoldReason, r: rw.Raw) -> _Step:
         self._close_step()
         self.step = _Step(what, r.pid, r.ts_ns, self.out.hold(what, r.ts_ns))
         return self.step
@@ -342,7 +354,7 @@ class Inference:
             why = ("objects beyond the snapshot bound (256 per patch)" if snap.truncated
                    else "a snapshot cut short")
             self._gap(r.ts_ns, f"{why} of '{r.patch or '?'}'",
-                      "snapshot-truncated" if snap.truncated else "snapshot-incomplete")
+                      Gap.SNAPSHOT_TRUNCATED if snap.truncated else Gap.SNAPSHOT_INCOMPLETE)
         self.out.pump(r.ts_ns)
 
     def _place_all_pending(self) -> None:
@@ -397,7 +409,7 @@ class Inference:
             self._transition(r.ts_ns, p, "init", self.target)
             # __klp_disable_patch: klp_pre_unpatch_callback for each patched
             # object, in object order, before klp_start_transition
-            step = self._open_step("pre_unpatch", r)
+            step = self._open_step(HoldReason.PRE_UNPATCH, r)
             for o in self._static_objs(r):
                 if o.patched and o.cb[PRE_UN]:
                     self._predict(step, r, o, PRE_UN)
@@ -415,7 +427,7 @@ class Inference:
             # klp_patch_object is called from nowhere else: we missed the start
             # of this enable or module load (the daemon started inside it)
             self._gap(r.ts_ns, f"klp_patch_object of '{r.patch}'/{o.name} outside any "
-                      "observed enable or module load", "mid-operation")
+                      "observed enable or module load", Gap.MID_OPERATION)
             return
         if o.dynamic or not o.cb[PRE] or not o.post_unpatch_enabled:
             return
@@ -427,7 +439,7 @@ class Inference:
         o = r.objs[0]
         if r.arg != 0 or o.dynamic or not o.cb[POST] or r.patch == self.transition_patch:
             return
-        self._predict(self._open_step("module post_patch", r), r, o, POST)
+        self._predict(self._open_step(HoldReason.MODULE_POST_PATCH, r), r, o, POST)
 
     def _on_start(self, r: rw.Raw) -> None:
         # The pre_unpatch step (if any) ended at this klp_start_transition (the
@@ -450,7 +462,7 @@ class Inference:
                     rec = ev.callback(0, r.ts_ns, r.patch, o.name, CB_NAMES[PRE],
                                       evidence="inferred")
                     self.enable_fail = (r.pid, self.out.hold(
-                        "enable return", r.ts_ns, [rec]))
+                        HoldReason.ENABLE_RETURN, r.ts_ns, [rec]))
                 break
         self.target = "unpatched"
         self._transition(r.ts_ns, r.patch, "cancel", "unpatched")
@@ -465,7 +477,7 @@ class Inference:
             for other in [n for n in self.active if n != p]:
                 self._emit(ev.patch_event(0, r.ts_ns, other, "replaced"))
                 del self.active[other]
-        step = self._open_step("completion", r)
+        step = self._open_step(HoldReason.COMPLETION, r)
         for o in self._static_objs(r):
             if not o.loaded:
                 continue
@@ -515,13 +527,13 @@ class Inference:
         if c is not None and not c.failed and c.fail_hold is None:
             # a refused load: the failing pre_patch came before this cleanup;
             # its patch and code are known at klp_module_coming's return
-            c.fail_hold = self.out.hold("module coming return", r.ts_ns)
+            c.fail_hold = self.out.hold(HoldReason.MODULE_COMING_RETURN, r.ts_ns)
         if o.dynamic:
             return
         if o.cb[PRE_UN] and r.patch != self.transition_patch:
             self._callback(r.ts_ns, r.patch, o.name, PRE_UN, "inferred")
         if o.cb[POST_UN] and o.post_unpatch_enabled:
-            self._predict(self._open_step("module post_unpatch", r), r, o, POST_UN)
+            self._predict(self._open_step(HoldReason.MODULE_POST_UNPATCH, r), r, o, POST_UN)
 
     def _on_module_coming_ret(self, r: rw.Raw) -> None:
         c = self.comings.pop(r.pid, None)
@@ -530,7 +542,7 @@ class Inference:
             # for a module a patch targets is not known
             if self._targeted(r.module):
                 self._gap(r.ts_ns, f"klp_module_coming of {r.module} began before the "
-                          "probes", "mid-operation")
+                          "probes", Gap.MID_OPERATION)
             if r.arg != 0:
                 self._module(r.ts_ns, r.module, "refused")
             return
@@ -565,7 +577,7 @@ class Inference:
         # feed() has placed its pending `going` record
         if self.goings.pop(r.pid, None) is None and self._targeted(r.module):
             self._gap(r.ts_ns, f"klp_module_going of {r.module} began before the probes",
-                      "mid-operation")
+                      Gap.MID_OPERATION)
 
     # --- callbacks themselves -----------------------------------------------------
 

@@ -26,12 +26,12 @@ header (``probes``) so a trace says how it was observed.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from klptrace.tracer.observe import kerneltext
+from klptrace.tracer.observe.stalls import StallSource
 
 # Why fentry is not attached even where the kernel could: bcc binds an fentry
 # program to its function when the C is compiled, so each fallback attempt
@@ -173,7 +173,7 @@ class Plan:
     def core_kinds(self) -> frozenset[int]:
         return frozenset(i for n, i in CORE_INDEX.items() if self.attached(n))
 
-    def stall_source(self) -> str:
+    def stall_source(self) -> StallSource:
         """How this plan explains a stalled transition (tracer/observe/stalls.py):
         ``check`` (reason and function from klp_check_and_switch_task),
         ``switch`` (klp_try_switch_task: which tasks, no reason), or ``proc``
@@ -181,10 +181,10 @@ class Plan:
         The BPF sources need the sweep probes to tell current from stale."""
         sweeps = self.attached("stall-sweep") and self.attached("stall-sweep-ret")
         if sweeps and all(self.attached(p) for p in _CHECK):
-            return "check"
+            return StallSource.CHECK
         if sweeps and self.attached("stall-switch") and self.attached("stall-switch-ret"):
-            return "switch"
-        return "proc"
+            return StallSource.SWITCH
+        return StallSource.PROC
 
     def on_demand(self) -> list[PointResult]:
         """The attached points that are armed only while needed (Point.on_demand)."""
@@ -459,10 +459,10 @@ RETURNS_TEXT = {
 }
 
 STALL_SOURCE_TEXT = {
-    "check": "each blocking task, why (running, unreliable stack, sleeping on a function) "
+    StallSource.CHECK: "each blocking task, why (running, unreliable stack, sleeping on a function) "
              "and the function, from klp_check_and_switch_task's return",
-    "switch": "each blocking task from klp_try_switch_task's return, without the reason; "
+    StallSource.SWITCH: "each blocking task from klp_try_switch_task's return, without the reason; "
               "the function from /proc/TID/stack (this kernel has no klp_check_and_switch_task)",
-    "proc": "no stall probe attached: blocking tasks from /proc/*/task/*/patch_state and "
+    StallSource.PROC: "no stall probe attached: blocking tasks from /proc/*/task/*/patch_state and "
             "/proc/TID/stack, scanned while a transition is open (no reason)",
 }

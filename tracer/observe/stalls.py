@@ -79,6 +79,14 @@ PROC_SCAN_EVERY_NS = 5_000_000_000   # ... then every 5 s (O(threads) file reads
 STATE_BLOCKERS = 256                 # blockers the status file lists (the rest counted)
 
 
+class StallSource(str, enum.Enum):
+    """Where the stall view comes from (tracer/observe/probeplan.py
+    ``Plan.stall_source``; the status file's and the trace header's `stalls`)."""
+    CHECK = "check"     # klp_check_and_switch_task's return: task, reason, function (5.16+)
+    SWITCH = "switch"   # klp_try_switch_task's return: which tasks, no reason
+    PROC = "proc"       # no stall probe: /proc/*/task/*/patch_state, scanned
+
+
 class Reason(str, enum.Enum):
     """Why a task has not switched (the `reason` field and label)."""
     RUNNING = "running"                          # -EBUSY: on a CPU at the check
@@ -127,7 +135,7 @@ class StallState:
     target: str | None = None
     opened_ns: int | None = None        # its `start` (the daemon's, if it began before)
     before_daemon: bool = False         # it was open when the daemon started
-    source: str = "proc"
+    source: StallSource = StallSource.PROC
     sweeps: int = 0                     # sweeps of this direction (BPF sources)
     signals: int = 0                    # times the kernel signalled the remaining tasks
     forced: bool = False
@@ -192,7 +200,7 @@ class _Direction:
 
 
 class StallTracker:
-    def __init__(self, emit: Callable[[dict], None], *, source: str = "proc",
+    def __init__(self, emit: Callable[[dict], None], *, source: StallSource = StallSource.PROC,
                  table: StallTable | None = None, on_change: Callable[[StallState], None] | None = None,
                  open_at_start: tuple[str, str] | None = None,
                  clock: Callable[[], int] = time.monotonic_ns,
@@ -201,7 +209,7 @@ class StallTracker:
         self._emit = emit
         self._arm = arm
         self.probes_armed = False
-        self.source = source if table is not None or source == "proc" else "proc"
+        self.source = StallSource(source) if table is not None else StallSource.PROC
         self._table = table
         self._on_change = on_change
         self._clock = clock
@@ -310,7 +318,7 @@ class StallTracker:
     # --- reading the source --------------------------------------------------------
 
     def _poll(self, d: _Direction, now: int) -> bool:
-        if self.source == "proc":
+        if self.source is StallSource.PROC:
             return self._poll_proc(d, now)
         try:
             sw = self._table.sweeps()
@@ -339,7 +347,7 @@ class StallTracker:
                 stale.append(b.key)     # an earlier direction's, or switched / exited since
             elif b.last_window >= self._first_window(d, b) + MIN_WINDOWS - 1:
                 fn = b.function or None
-                if fn is None and self.source == "switch":
+                if fn is None and self.source is StallSource.SWITCH:
                     fn = self._function_from_proc(d, b.key, b.pid)
                 tasks[(b.key, b.pid)] = Task(b.key, b.pid, b.tgid, b.comm, b.kthread,
                                              reason_of(b).value, fn, b.first_ns, b.checks)
