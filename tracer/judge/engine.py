@@ -32,20 +32,26 @@ from klptrace.tracer.judge.findings import (OUTCOMES, RESULTS, UNKNOWN, VIOLATIO
                               Findings, Stats)
 from klptrace.tracer.judge.state import BEFORE_TRACE, LOST, ModuleState, PatchState, Phase, Presence
 from klptrace.tracer.judge.steps import Completion, Steps
+from klptrace.tracer.model.livestate import LivepatchState
 
 __all__ = ["Engine", "Finding", "Stats", "VIOLATION", "UNKNOWN", "WARNING", "OUTCOMES",
            "RESULTS"]
 
 
 class Engine(CallbackJudge, Steps, Findings):
-    def __init__(self, header: dict | None = None, *, on_transition_done=None):
+    def __init__(self, header: dict | None = None, *, on_transition_done=None,
+                 kstate: LivepatchState | None = None):
         header = header or {}
         self.stats = Stats()
+        # the kernel's livepatch state (tracer/model/livestate.py): read here,
+        # applied after each record is judged, so that judging sees the state
+        # the record found; shared with the daemon's other sinks
+        self.kstate = kstate if kstate is not None else LivepatchState.from_state(
+            header.get("state"))
         self.patches: dict[str, PatchState] = {}     # in klp_patches order
         self.modules: dict[str, ModuleState] = {}
         self.modules_known = False           # the header listed the loaded modules
         self.open = None                     # the open Completion or Section
-        self.transition: PatchState | None = None    # klp_transition_patch
         self.observes = frozenset(header.get("observes") or ev.CALLBACKS)
         self._on_transition_done = on_transition_done
         self._unknown_said: set = set()
@@ -76,7 +82,6 @@ class Engine(CallbackJudge, Steps, Findings):
             if p.get("transition"):
                 ps.phase = Phase.PATCHING if enabled else Phase.UNPATCHING
                 ps.target = "patched" if enabled else "unpatched"
-                self.transition = ps
             else:
                 # enabled = 0 and no transition: on its way out of sysfs, or
                 # an enable that has not reached its init yet
@@ -87,9 +92,21 @@ class Engine(CallbackJudge, Steps, Findings):
                     o.armed = o.post_patched = True
             self.patches[ps.name] = ps
 
+    @property
+    def transition(self) -> PatchState | None:
+        """klp_transition_patch, as the kernel state tracker knows it."""
+        t = self.kstate.transition
+        return self.patches.get(t.patch) if t is not None else None
+
     # --- the record stream ----------------------------------------------------
 
     def feed(self, rec: dict) -> list[Finding]:
+        try:
+            return self._judge_record(rec)
+        finally:
+            self.kstate.apply(rec)
+
+    def _judge_record(self, rec: dict) -> list[Finding]:
         # the validator's hot path (docs/benchmarks.md): few calls here
         self.stats.records += 1
         ref = self._last_ref = (rec["seq"], rec["ts_ns"])

@@ -86,12 +86,9 @@ class PatchState:
     target: str | None = None             # target of the open transition, if any
     doubt: str | None = None              # why this patch's history cannot be judged
     reversed_: bool = False               # this cycle's patching transition was reversed
-    reversed_now: bool = False            # the open transition was reversed (either way)
     cancelled: bool = False               # patching cancelled before start
-    forced: bool = False
     init_ref: tuple[int, int] | None = None      # `init` of the open transition
     failed_ref: tuple[int, int] | None = None    # failing pre_patch of this enable
-    start_ts: int | None = None
 
     @classmethod
     def from_objects(cls, name: str, objects: list, replace: bool) -> "PatchState":
@@ -104,7 +101,7 @@ class PatchState:
         return cls(name, objs, replace=replace)
 
     def new_cycle(self) -> None:
-        self.reversed_ = self.cancelled = self.forced = self.reversed_now = False
+        self.reversed_ = self.cancelled = False
         self.failed_ref = None
         for o in self.objects.values():
             o.reset()

@@ -206,20 +206,16 @@ class Steps:
             # pre_unpatch (KLP-REV-001).
             if target == "unpatched":
                 ps.reversed_ = True
-            ps.reversed_now = True
             ps.target = target
             ps.phase = PATCHING if target == "patched" else UNPATCHING
-        elif e == "force":
-            ps.forced = True
+        # a force changes no step: the kernel state tracker notes it
 
     def _init(self, ps: PatchState, target: str, ref, out: list) -> None:
         t = self.transition
         if t is not None and t is not ps and t.target is not None:
             self._warn(out, f"transition of '{ps.name}' begins while '{t.name}' is still in "
                        "transition", ps.name, None, [ref])
-        self.transition = ps
         ps.target, ps.init_ref = target, ref
-        ps.forced = ps.reversed_now = False
         if target == "patched":
             if not ps.phase.in_klp_patches:
                 # klp_init_patch: list_add_tail(&patch->list, &klp_patches),
@@ -238,7 +234,6 @@ class Steps:
             self._warn(out, f"'{ps.name}' starts a transition to {target} but its init was to "
                        f"{ps.target}", ps.name, None, [ref])
         ps.target = target
-        ps.start_ts = ref[1]
         init = ps.init_ref or ref
         objs = ps.objects.values()
         if ps.phase is PATCHING_INIT:
@@ -285,17 +280,17 @@ class Steps:
     # --- completions --------------------------------------------------------------
 
     def _open_completion(self, ps: PatchState, target: str, ref, cancelled: bool) -> None:
-        outcome = ("cancelled" if cancelled else "forced" if ps.forced else
-                   "reversed" if ps.reversed_now else "completed")
+        # how the transition ended, from the kernel state tracker (before
+        # this record: it applies each record after it is judged)
+        t = self.kstate.transition
+        t = t if t is not None and t.patch == ps.name else None
+        outcome = "cancelled" if cancelled else t.outcome if t is not None else "completed"
         ps.target = target
         self.stats.bump(self.stats.transitions, (ps.name, target, outcome))
-        if ps.start_ts is not None and self._on_transition_done:
-            self._on_transition_done(ps.name, target, outcome, ref[1] - ps.start_ts)
-        ps.start_ts = None
+        if t is not None and t.started_ns is not None and self._on_transition_done:
+            self._on_transition_done(ps.name, target, outcome, ref[1] - t.started_ns)
         ps.phase = COMPLETING
         self.open = Completion(ps, target, ref, cancelled)
-        if self.transition is ps:
-            self.transition = None
         if target == "patched" and ps.replace:
             # klp_complete_transition -> klp_unpatch_replaced_patches: every
             # other patch in klp_patches is gone, without any of its callbacks
@@ -307,8 +302,6 @@ class Steps:
         ps.phase, ps.target = REPLACED, None
         for o in ps.objects.values():
             o.reset()
-        if self.transition is ps:
-            self.transition = None
 
     def _close_open(self, out: list, ref, report=None) -> None:
         """A record that needs klp_mutex (or the end of the trace) closes the
@@ -366,8 +359,6 @@ class Steps:
         ps.phase, ps.target, ps.doubt = GONE, None, None
         for o in ps.objects.values():
             o.reset()
-        if self.transition is ps:
-            self.transition = None
 
     # --- module sections --------------------------------------------------------------
 
