@@ -12,6 +12,7 @@ import pytest
 
 from klptrace.tracer.model import events as ev
 from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.model.livestate import LivepatchState
 from klptrace.tracer.observe import stalls as st
 
 S = 1_000_000_000
@@ -87,9 +88,35 @@ class Table:
         self.entries.clear()
 
 
+class Tracked:
+    """A stall tracker as the daemon feeds it: the kernel state tracker
+    (tracer/model/livestate.py) applies each record first (the engine does
+    that in the daemon), then the stall tracker sees it. ``tick`` takes the
+    transition the tests name but reads the state tracker's, as the daemon's
+    does."""
+
+    def __init__(self, emit, *, open_at_start=None, **kw):
+        state = None
+        if open_at_start is not None:
+            state = {"patches": [{"name": open_at_start[0], "objects": [], "transition": True,
+                                  "enabled": open_at_start[1] == "patched"}]}
+        self.kstate = LivepatchState.from_state(state)
+        self.t = st.StallTracker(emit, self.kstate, **kw)
+
+    def on_record(self, rec):
+        self.kstate.apply(rec)
+        self.t.on_record(rec)
+
+    def tick(self, now, _transition_patch=None):
+        self.t.tick(now)
+
+    def __getattr__(self, name):
+        return getattr(self.t, name)
+
+
 def tracker(table=None, **kw):
     out = []
-    t = st.StallTracker(out.append, source="check", table=table or Table(), clock=lambda: 0, **kw)
+    t = Tracked(out.append, source="check", table=table or Table(), clock=lambda: 0, **kw)
     return t, out
 
 
@@ -332,7 +359,7 @@ def test_the_proc_source_names_a_blocker_and_its_function(tmp_path):
                                       60: (60, "bash", 1, "", False),
                                       70: (70, "sshd", -1, "", False)})
     out = []
-    t = st.StallTracker(out.append, source="proc", proc_root=str(proc), sysfs_root=str(sysfs))
+    t = Tracked(out.append, source="proc", proc_root=str(proc), sysfs_root=str(sysfs))
     open_transition(t)
     t.tick(2 * S, "lp")                          # open for less than 2 s: no scan yet
     for k in range(st.MIN_WINDOWS - 1):          # first scans: seen, not yet a blocker
@@ -371,6 +398,7 @@ def test_reason_names_are_the_trace_formats():
 
 def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
     import json
+    import time
 
     from klptrace.tracer.daemon import statusfile
     from klptrace.tracer.daemon.daemon import Daemon
@@ -394,23 +422,24 @@ def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
     d.engine = Engine(ev.header("k", state={"patches": [], "modules": []}))
     d.inference = Inference(d._sink)
     table = Table()
-    d.stalls = st.StallTracker(d.inference.out.emit, source="check", table=table,
-                               on_change=d._write_status)
+    d.stalls = st.StallTracker(d.inference.out.emit, d.engine.kstate, source="check",
+                               table=table, on_change=d._write_status)
     vm = rw.Obj("vmlinux", (0, 0, 0, 0))
-    d.inference.feed(rw.Raw(rw.INIT_TRANSITION, 1 * S, patch="lp", arg=1, pid=5, objs=[vm]))
-    d.inference.feed(rw.Raw(rw.START_TRANSITION, 1 * S + 5, pid=5, objs=[vm]))
-    table.sweep(S + S // 2, WORKER)
-    table.sweep(2 * S, WORKER)
-    table.sweep(3 * S, WORKER)
+    B = time.monotonic_ns()     # the BPF clock is the daemon's (CLOCK_MONOTONIC)
+    d.inference.feed(rw.Raw(rw.INIT_TRANSITION, B + 1 * S, patch="lp", arg=1, pid=5, objs=[vm]))
+    d.inference.feed(rw.Raw(rw.START_TRANSITION, B + 1 * S + 5, pid=5, objs=[vm]))
+    table.sweep(B + S + S // 2, WORKER)
+    table.sweep(B + 2 * S, WORKER)
+    table.sweep(B + 3 * S, WORKER)
     d._tick()
     doc = statusfile.read(str(status))
     assert doc["stall"]["patch"] == "lp"
     assert doc["stall"]["blockers"][0]["function"] == "klpt_busy_work_func"
     assert oct(status.stat().st_mode & 0o777) == "0o644"
     table.switch(0xA)
-    table.sweep(4 * S, {}, complete=True)
-    d.inference.feed(rw.Raw(rw.COMPLETE, 4 * S + 2, pid=7, objs=[vm]))
-    d.inference.feed(rw.Raw(rw.COMPLETE_RET, 4 * S + 3, pid=7))
+    table.sweep(B + 4 * S, {}, complete=True)
+    d.inference.feed(rw.Raw(rw.COMPLETE, B + 4 * S + 2, pid=7, objs=[vm]))
+    d.inference.feed(rw.Raw(rw.COMPLETE_RET, B + 4 * S + 3, pid=7))
     d._tick()
     kinds = [(r["type"], r.get("event")) for r in d.writer.lines]
     assert kinds == [("patch", "enable"), ("transition", "init"), ("transition", "start"),
@@ -436,9 +465,9 @@ def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace():
     lines = []
     d = Daemon(None, [], None)
     d.inference = Inference(lines.append)
-    d.stalls = st.StallTracker(d.inference.out.emit, source="check", table=Broken())
+    d.stalls = Tracked(d.inference.out.emit, source="check", table=Broken())
     d.stalls.on_record(tr("init", 1))
-    d._guarded(Stage.STALLS, d.stalls.tick, 2 * S, "lp")
+    d._guarded(Stage.STALLS, d.stalls.tick, 2 * S)
     assert not [r for r in lines if r["type"] == "loss"]
 
 
@@ -477,16 +506,21 @@ def test_the_per_task_probes_are_armed_only_while_a_sweep_left_tasks_behind():
 
 
 def test_no_transition_open_means_nothing_armed():
-    """A transition's end record lost (a gap): the next tick with no
-    transition open disarms."""
+    """A transition's end record lost (a gap): the trace still shows it open,
+    but once the kernel has not swept it for SWEEPS_STOPPED_NS the probes
+    are disarmed; a transition that ends as the trace says disarms at once."""
     table, arms = Table(), []
     t, out = tracker(table, arm=arms.append)
     open_transition(t)
     table.sweep(1 * S + 5, WORKER)
     t.tick(1 * S + 9, "lp")
     assert arms == [True]
-    t.tick(2 * S, None)
+    t.tick(1 * S + 9 + st.SWEEPS_STOPPED_NS // 2, "lp")
+    assert arms == [True]
+    t.tick(1 * S + 9 + st.SWEEPS_STOPPED_NS, "lp")
     assert arms == [True, False]
+    t.tick(2 * S + 9 + st.SWEEPS_STOPPED_NS, "lp")
+    assert arms == [True, False]                # and stay disarmed
 
 
 def test_a_blocker_is_still_named_at_the_third_sweep_when_armed_after_the_first():

@@ -208,14 +208,15 @@ class Daemon:
             self._guarded(Stage.INFER, self.inference.feed, r, ts_ns=r.ts_ns)
 
     def _sink(self, rec: dict) -> None:
-        if self.stalls is not None:
-            self.stalls.on_record(rec)      # notes transition records only
         self.records += 1
         self._write(rec)
         if self.verbose:
             log(f"record {rec}")
         if self.engine is not None:
+            # judges, then applies the record to the kernel state tracker
             self._guarded(Stage.JUDGE, self._judge, rec)
+        if self.stalls is not None:
+            self.stalls.on_record(rec)      # notes transition records only
 
     def _judge(self, rec: dict) -> None:
         for f in self.engine.feed(rec):
@@ -266,7 +267,7 @@ class Daemon:
                     self.probes.add_preloaded(mods)
         if self.stalls is not None:
             # only while a transition is open does this read anything
-            self._guarded(Stage.STALLS, self.stalls.tick, now, self.inference.transition_patch)
+            self._guarded(Stage.STALLS, self.stalls.tick, now)
 
     def _write_status(self, state) -> None:
         try:
@@ -283,15 +284,12 @@ class Daemon:
         from klptrace.tracer.observe.loader import OnDemandProbes
         from klptrace.tracer.observe.stalls import StallSource, StallTracker
         source = plan.stall_source()
-        open_now = next(((p["name"], "patched" if p["enabled"] else "unpatched")
-                         for p in state["patches"] if p["transition"]), None)
         on_demand = OnDemandProbes(loader, plan.on_demand(), log=lambda m: log(f"warning: {m}"))
         on_demand.set(False)        # armed by the tracker when a sweep leaves tasks behind
-        self.stalls = StallTracker(self.inference.out.emit, source=source,
+        self.stalls = StallTracker(self.inference.out.emit, self.engine.kstate, source=source,
                                    table=(loader.stall_table()
                                           if source is not StallSource.PROC else None),
-                                   on_change=self._write_status, open_at_start=open_now,
-                                   arm=on_demand.set)
+                                   on_change=self._write_status, arm=on_demand.set)
         log(f"stalled transitions: source {source}")
 
     # --- the run --------------------------------------------------------------------

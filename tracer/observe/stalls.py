@@ -42,9 +42,15 @@ Invariants:
   retry however often. Every task record the bound keeps out is counted
   (``records_suppressed``); the state, and so the metrics, counts every
   blocker.
+* Which transition is open, in which direction, since when, forced or
+  reversed: the kernel state tracker's (tracer/model/livestate.py), which
+  the engine applies each record to before this tracker sees it. A
+  direction here begins where the tracker's does (an init, a reverse, a
+  start whose init was lost) and ends where it ends (complete, cancel, the
+  next init, the reverse), with that record's event as the cause.
 * Records go out through the inference's output queue (``emit``), which
-  numbers them: the trace stays in order. ``on_record`` only notes what a
-  transition record says; the records it implies are written at the next
+  numbers them: the trace stays in order. ``on_record`` only notes the state
+  a transition record left; the records it implies are written at the next
   ``tick`` (never from inside the queue's own write).
 * ``state`` is replaced whole, never mutated: scrapes read it from other
   threads.
@@ -52,7 +58,8 @@ Invariants:
   points, hit for every task at every sweep) are armed (``arm(True)``) only
   once a sweep of the open transition has left tasks behind, and disarmed
   when the transition ends or no transition is open: a transition that
-  completes at its first sweep never runs them. A task whose first seen
+  completes at its first sweep never runs them; nor does one whose end the
+  trace lost: no sweep for SWEEPS_STOPPED_NS disarms them too. A task whose first seen
   failed check is at the first sweep after the arming had not switched at
   any earlier sweep of the direction either (a task never switches back
   within one), so its windows count from the direction's first sweep, and a
@@ -66,7 +73,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+import dataclasses
+
 from klptrace.tracer.model import events as ev
+from klptrace.tracer.model.livestate import LivepatchState, Transition
 from klptrace.tracer.observe import procstall
 from klptrace.tracer.observe import rawevents as rw
 
@@ -74,6 +84,10 @@ MIN_WINDOWS = 3
 MAX_LISTED = 64
 MAX_RECORDS_PER_TASK = 4
 READ_EVERY_NS = 1_000_000_000        # at the latest, when no sweep completed (a long sweep)
+# The kernel sweeps an open transition about once a second; no sweep for this
+# long means it ended even if its end is not in the trace (lost records):
+# the per-task probes are disarmed then (they cost a hit per task per sweep)
+SWEEPS_STOPPED_NS = 5_000_000_000
 PROC_SCAN_AFTER_NS = 2_000_000_000   # the proc source: first scan once open this long
 PROC_SCAN_EVERY_NS = 5_000_000_000   # ... then every 5 s (O(threads) file reads)
 STATE_BLOCKERS = 256                 # blockers the status file lists (the rest counted)
@@ -175,16 +189,12 @@ class _Listed:
 
 @dataclass
 class _Direction:
-    """One transition direction: from init (or a reverse) to its end."""
-    patch: str
-    target: str
-    began_ns: int               # the init / reverse record (0: before the daemon)
-    opened_ns: int | None       # the `start` record
+    """One transition direction: from init (or a reverse) to its end; ``t``
+    is the kernel state tracker's transition as of the last record seen."""
+    t: Transition
+    opened_ns: int | None       # its first `start` (before the daemon: the daemon's start)
     listed: dict = field(default_factory=dict)      # (key, pid) -> _Listed
     current: dict = field(default_factory=dict)     # (key, pid) -> Task
-    forced: bool = False
-    reversed: bool = False
-    before_daemon: bool = False  # open when the daemon started: opened_ns is its start
     unlisted_written: int = 0   # unlisted blockers when the last overflow record went out
     untracked_written: int = 0  # ... and failed checks the table had no room for
     untracked_base: int | None = None   # the table's overflow counter when this began
@@ -198,15 +208,24 @@ class _Direction:
     last_read_ns: int = 0
     seen: dict = field(default_factory=dict)        # proc: tid -> (first seen ns, scans)
 
+    # what the tracker says of the transition (tracer/model/livestate.py)
+    patch = property(lambda self: self.t.patch)
+    target = property(lambda self: self.t.target)
+    began_ns = property(lambda self: self.t.began_ns)      # init / reverse (0: before the daemon)
+    forced = property(lambda self: self.t.forced)
+    reversed = property(lambda self: self.t.reversed)
+    before_daemon = property(lambda self: self.t.before_trace)
+
 
 class StallTracker:
-    def __init__(self, emit: Callable[[dict], None], *, source: StallSource = StallSource.PROC,
+    def __init__(self, emit: Callable[[dict], None], kstate: LivepatchState, *,
+                 source: StallSource = StallSource.PROC,
                  table: StallTable | None = None, on_change: Callable[[StallState], None] | None = None,
-                 open_at_start: tuple[str, str] | None = None,
                  clock: Callable[[], int] = time.monotonic_ns,
                  proc_root: str = procstall.PROC, sysfs_root: str = procstall.LIVEPATCH,
                  arm: Callable[[bool], None] | None = None):
         self._emit = emit
+        self._kstate = kstate
         self._arm = arm
         self.probes_armed = False
         self.source = StallSource(source) if table is not None else StallSource.PROC
@@ -214,13 +233,13 @@ class StallTracker:
         self._on_change = on_change
         self._clock = clock
         self._proc, self._sysfs = proc_root, sysfs_root
-        self._queue: list[dict] = []
+        self._queue: list[tuple[str, int, Transition | None]] = []
         self._dir: _Direction | None = None
-        if open_at_start is not None:
+        t = kstate.transition
+        if t is not None:
             # the daemon started inside a transition: its start is not known;
             # its age counts from now (a lower bound, said so)
-            self._dir = _Direction(open_at_start[0], open_at_start[1], 0, self._clock(),
-                                   before_daemon=True)
+            self._dir = _Direction(dataclasses.replace(t), self._clock())
         self._functions: dict[tuple[int, int], str | None] = {}     # proc lookups, per task
         self.untracked_checks = 0
         self.records_suppressed = 0
@@ -230,20 +249,23 @@ class StallTracker:
     # --- what the trace says -----------------------------------------------------
 
     def on_record(self, rec: dict) -> None:
-        """Every record the daemon writes passes here; transition records are
+        """Every record the daemon writes passes here, after the kernel state
+        tracker applied it; for a transition record the state it left is
         noted (cheap), everything else ignored."""
         if rec.get("type") == "transition":
-            self._queue.append(rec)
+            t = self._kstate.transition
+            self._queue.append((rec["event"], rec["ts_ns"],
+                                dataclasses.replace(t) if t is not None else None))
 
-    def tick(self, now_ns: int, transition_patch: str | None) -> None:
+    def tick(self, now_ns: int) -> None:
         """The daemon's tick (tracer/daemon/runloop.py): what the transition records implied, then,
         while a transition is open, a read of the source."""
         changed = False
         queue, self._queue = self._queue, []
-        for rec in queue:
-            changed |= self._transition(rec)
+        for e, ts, t in queue:
+            changed |= self._follow(e, ts, t)
         d = self._dir
-        if d is not None and transition_patch is not None:
+        if d is not None and self._kstate.transition is not None:
             changed |= self._poll(d, now_ns)
         elif self.probes_armed:
             changed |= self._set_armed(False)       # nothing open: nothing to check
@@ -257,39 +279,28 @@ class StallTracker:
         self.probes_armed = on
         return True
 
-    def _transition(self, rec: dict) -> bool:
-        e, ts, d = rec["event"], rec["ts_ns"], self._dir
-        if e == "init":
-            if d is not None:
-                self._end(d, ts, "init")
-            self._dir = _Direction(rec["patch"], rec["target"], ts, None,
-                                   armed_window=0 if self.probes_armed else None)
-        elif e == "start":
-            if d is None:
-                self._dir = _Direction(rec["patch"], rec["target"], ts, ts,
-                                       armed_window=0 if self.probes_armed else None)
-            elif d.opened_ns is None and d.began_ns:
-                d.opened_ns = ts
-            # a start after a reverse keeps the first one: the transition
-            # (sysfs `transition` = 1) has been open since then
-        elif e == "reverse":
-            if d is None:
-                return False
-            self._end(d, ts, "reverse")
-            self._dir = _Direction(d.patch, rec["target"], ts, d.opened_ns,
-                                   forced=d.forced, reversed=True, before_daemon=d.before_daemon,
-                                   armed_window=0 if self.probes_armed else None)
-        elif e == "force":
-            if d is None:
-                return False
-            d.forced = True
-        elif e in ("complete", "cancel"):
-            if d is not None:
-                self._end(d, ts, e)
+    def _follow(self, e: str, ts: int, t: Transition | None) -> bool:
+        """A transition record left the tracker's transition ``t``: a
+        direction that is not ``t``'s any more has ended (this record's event
+        is the cause), and ``t``'s, if new, begins."""
+        d = self._dir
+        if d is not None and (t is None or t.direction != d.t.direction):
+            # what ended it: the trace format's causes (a start that opened
+            # another transition after lost records counts as a new init)
+            self._end(d, ts, e if e in ("init", "reverse", "complete", "cancel") else "init")
             self._dir = None
-            self._set_armed(False)
+            if t is None:
+                self._set_armed(False)
+        if t is None:
+            return d is not None
+        if self._dir is None:
+            same = d is not None and d.t.patch == t.patch and t.before_trace
+            opened = t.opened_ns if t.opened_ns is not None else (d.opened_ns if same else None)
+            self._dir = _Direction(t, opened, armed_window=0 if self.probes_armed else None)
         else:
-            return False
+            d.t = t
+            if d.opened_ns is None:
+                d.opened_ns = t.opened_ns
         return True
 
     def _end(self, d: _Direction, ts: int, cause: str) -> None:
@@ -326,6 +337,9 @@ class StallTracker:
             return False
         if sw.gen_ns < d.began_ns:
             return False        # no sweep of this direction yet
+        last_sweep = max(sw.start_ns, sw.done_end_ns)
+        if last_sweep and now - last_sweep > SWEEPS_STOPPED_NS:
+            return self._set_armed(False)           # the kernel stopped sweeping: it ended
         armed = False
         if sw.incomplete or d.before_daemon:
             armed = self._set_armed(True)           # tasks left behind: watch each check
