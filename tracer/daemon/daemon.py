@@ -28,6 +28,7 @@ from klptrace.tracer.daemon import runloop
 from klptrace.tracer.daemon import statusfile
 from klptrace.tracer.daemon.pipeline import Stage
 from klptrace.tracer.judge.findings import VIOLATION
+from klptrace.tracer.model.livestate import LivepatchState
 from klptrace.tracer.observe.infer import Inference
 from klptrace.tracer.observe.probeplan import make_plan, format_plan
 
@@ -373,8 +374,7 @@ class Daemon:
             metrics = self.metrics
             self.engine = _engine(header, metrics.observe_transition if metrics else None)
             self.inference = Inference(self._sink, core_kinds=plan.core_kinds(), coverage=probes,
-                                       active=[p for p in state["patches"]
-                                               if p["enabled"] or p["transition"]])
+                                       start=LivepatchState.from_state(state))
             self._start_stalls(loader, plan, state)
             for r in raw_before:
                 self._guarded(Stage.INFER, self.inference.feed, r, ts_ns=r.ts_ns)

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from klptrace.tracer.model import events as ev
+from klptrace.tracer.model.livestate import LivepatchState
 from klptrace.tracer.observe import rawevents as rw
 from klptrace.tracer.observe.holds import HOLD_NS, MAX_QUEUE, Hold, HoldReason, OutputQueue
 from klptrace.tracer.observe.snapshots import Assembler, Snapshot
@@ -143,7 +144,7 @@ class Inference:
     def __init__(self, sink: Callable[[dict], None], *, first_seq: int = 1,
                  core_kinds: frozenset[int] = frozenset(),
                  coverage: Coverage | None = None,
-                 active: list[dict] | None = None,
+                 start: LivepatchState | None = None,
                  hold_ns: int = HOLD_NS, max_queue: int = MAX_QUEUE):
         self.out = OutputQueue(sink, first_seq=first_seq, hold_ns=hold_ns, max_queue=max_queue)
         self.hold_ns = hold_ns
@@ -151,20 +152,22 @@ class Inference:
         self.coverage = coverage if coverage is not None else NoCoverage()
         self.snapshots = Assembler()
         self.lost_seen = 0                           # the BPF `lost` counter so far
+        # The decoder's view of the kernel as of the newest raw event: ahead of
+        # the trace (and of the kernel state tracker the engine applies the
+        # records to, tracer/model/livestate.py) by what the output queue holds,
+        # which is what decoding the next event needs. It starts from the
+        # tracker's start state: the header's sysfs view.
+        start = start if start is not None else LivepatchState()
         # klp_patches as far as we know it, in list order: name -> {obj: registered cbs}
-        self.active: dict[str, dict[str, list[str] | None]] = {}
-        for p in active or []:
-            self.active[p["name"]] = {o["name"]: o.get("callbacks") for o in p.get("objects", [])}
-        self.transition_patch: str | None = None     # klp_transition_patch
-        self.target: str | None = None               # klp_target_state
-        for p in active or []:
-            if p.get("transition"):
-                # started mid-transition: the BPF side never saw its init, so the
-                # events that finish it carry no patch name; sysfs has it
-                self.transition_patch = p["name"]
-                self.target = "patched" if p.get("enabled") else "unpatched"
+        self.active: dict[str, dict[str, frozenset[str] | None]] = {
+            p.name: dict(p.objects) for p in start.patches.values()}
+        t = start.transition
+        # klp_transition_patch and klp_target_state. Started mid-transition, the
+        # BPF side never saw its init, so the events that finish it carry no
+        # patch name; sysfs has it.
+        self.transition_patch: str | None = t.patch if t is not None else None
+        self.target: str | None = t.target if t is not None else None
         self.enabling: str | None = None             # between init(patched) and start/cancel
-        self.reversed = False                        # the next start follows a reverse
         # the dedup window: (patch, object, callback) -> the evidence it was reported by
         self.reported: dict[tuple[str, str, str], str] = {}
         self.step: _Step | None = None
@@ -176,10 +179,6 @@ class Inference:
         self.unattributed = 0                        # direct hits naming no patch (a metric)
 
     # --- output -----------------------------------------------------------------
-
-    @property
-    def seq(self) -> int:
-        return self.out.seq
 
     def _emit(self, rec: dict) -> None:
         self.out.emit(rec)
@@ -393,7 +392,7 @@ class Inference:
         # klp_init_transition(patch, state): from __klp_enable_patch (state
         # KLP_PATCHED) or __klp_disable_patch (KLP_UNPATCHED), nothing else.
         p = r.patch
-        self.transition_patch, self.reversed = p, False
+        self.transition_patch = p
         if r.arg == rw.KLP_PATCHED:
             objs = [{"name": o.name, "callbacks": self._registered(o)} for o in self._static_objs(r)]
             self._emit(ev.patch_enable(0, r.ts_ns, p, objs, replace=r.replace))
@@ -494,7 +493,6 @@ class Inference:
 
     def _on_reverse(self, r: rw.Raw) -> None:
         self.target = "unpatched" if self.target == "patched" else "patched"
-        self.reversed = True
         self._transition(r.ts_ns, r.patch, "reverse", self.target)
 
     def _on_force(self, r: rw.Raw) -> None:
