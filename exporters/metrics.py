@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from klptrace.tracer import __version__
 from klptrace.tracer.model import events as ev
 from klptrace.tracer.model import rules as rules_mod
+from klptrace.tracer.daemon.health import Health
 from klptrace.tracer.daemon.pipeline import Stage
 from klptrace.tracer.daemon.runloop import Wake
 from klptrace.tracer.judge.engine import OUTCOMES, RESULTS, Stats
@@ -312,7 +313,7 @@ class HealthCollector:
     probes, and the BPF programs' hit counters (tetragon-style: missed work
     and handler errors are metrics, error kinds are enums)."""
 
-    def __init__(self, health: Callable[[], dict]):
+    def __init__(self, health: Callable[[], "Health"]):
         self._health = health
 
     def describe(self):
@@ -330,40 +331,40 @@ class HealthCollector:
 
     def collect(self):
         from klptrace.tracer.observe import rawevents as rw
-        h = self._health() or {}
+        h = self._health() or Health()
         yield self._counter("handler_errors", "Exceptions caught on the daemon's event path, "
                             f"by stage ({'|'.join(HANDLER_STAGES)}); each one is a gap (a "
                             "loss record) in the trace.", "stage", HANDLER_STAGES,
-                            h.get("handler_errors", {}))
+                            h.handler_errors)
         yield self._counter("observation_gaps", "Places where part of a livepatch operation "
                             "was not observed (written as loss records, judged unknown), by "
-                            "reason.", "reason", GAP_REASONS, h.get("gaps", {}))
+                            "reason.", "reason", GAP_REASONS, h.gaps)
         yield self._counter("holds_expired", "Records held for a later event that never came "
                             "in time (written as far as known, with a loss record), by hold.",
-                            "hold", HOLDS, h.get("holds_expired", {}))
+                            "hold", HOLDS, h.holds_expired)
         yield CounterMetricFamily(PREFIX + "trace_records_unwritten",
                                   "Records the trace file is missing because writing it failed "
                                   "(a full disk); the engine judged them all the same.",
-                                  value=h.get("unwritten", 0))
+                                  value=h.unwritten)
         yield CounterMetricFamily(PREFIX + "direct_hits_unattributed",
                                   "Direct probe hits that named no livepatch (a probe that fired "
                                   "outside a callback call); ignored.",
-                                  value=h.get("unattributed", 0))
+                                  value=h.unattributed)
         yield self._counter("direct_probe_errors", "Direct probes on callback functions that "
                             "could not be defined, attached or removed, by kind "
                             f"({'|'.join(DIRECT_PROBE_ERRORS)}); those callbacks stay inferred.",
-                            "kind", DIRECT_PROBE_ERRORS, h.get("direct_errors", {}))
+                            "kind", DIRECT_PROBE_ERRORS, h.direct_errors)
         yield GaugeMetricFamily(PREFIX + "direct_probes",
                                 "Direct probes on livepatch callback functions attached now.",
-                                value=h.get("direct_attached", 0))
+                                value=h.direct_attached)
         yield self._counter("probe_hits", "Times each BPF program ran (the probes cost nothing "
                             "outside livepatch operations and module loads).", "program",
-                            rw.HIT_PROGRAMS, h.get("probe_hits", {}))
+                            rw.HIT_PROGRAMS, h.probe_hits)
         yield self._counter("daemon_wakeups", "Times the daemon's wait ended, by reason "
                             f"({'|'.join(WAKE_REASONS)}: the BPF side at an operation's end or a "
                             "quarter-full ring, a new livepatch module, a signal, the clock); "
                             "an idle host adds only timer wake-ups, one per 5 s.", "reason",
-                            WAKE_REASONS, h.get("wakeups", {}))
+                            WAKE_REASONS, h.wakeups)
 
 
 # Distinct function label values per scrape of the blocking-function gauge; the

@@ -115,7 +115,7 @@ case_midway() {
 # --- 3. an exception on the event path, and a trace disk that fills up ------------
 case_faults() {
 	mkdir -p /run/tiny && mount -t tmpfs -o size=48k tmpfs /run/tiny
-	KLPT_INJECT_FAULT=infer:3 TRACE=/run/tiny/t.jsonl start faults || return
+	KLPT_INJECT_FAULT=infer:3 KLPT="$KLPT_FAULTY" TRACE=/run/tiny/t.jsonl start faults || return
 	cycle                                             # its 3rd event meets the injected fault
 	dd if=/dev/zero of=/run/tiny/fill bs=1k count=1000 2>/dev/null   # the disk is full
 	# judged, not written: the trace file's last page may still hold a cycle's

@@ -53,7 +53,10 @@ def daemon_run(lab_means, lab_out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = kmod.stage_modules(kmod.build_modules(kernel), out_dir / "kmod")
     prom = " ".join(f"{k}={v}" for k, v in promlab.prepare(out_dir / "prom", kernel).items())
+    # the faults case's daemon: klptrace with a fault injected (tests/faults.py)
+    faulty = f"{ROOT / '.venv' / 'bin' / 'python'} {ROOT / 'tests' / 'kernel' / 'klptrace_faulty.py'}"
     pre = (f"export KLPT_KMOD={staged} KLPT_STEP_TIMEOUT=120 KLPT={KLPTRACE} {prom}; "
+           f"export KLPT_FAULTY='{faulty}'; "
            f"source {ROOT}/tracer/lab/guest_helpers.sh; source {GUEST}; "
            "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; "
            "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug; ")

@@ -1,7 +1,8 @@
-"""tracer.daemon's event path without bcc: every stage is guarded, an error is
-counted, logged once per kind and becomes a loss record; a trace that cannot
-be written is counted and, once writable again, says what it misses. (The
-same on a real kernel: tests/kernel/test_daemon.py, case "faults".)"""
+"""The daemon's event path (tracer/daemon/pipeline.py) without bcc: every stage
+is guarded, an error is counted, logged once per kind and becomes a loss
+record; a trace that cannot be written is counted and, once writable again,
+says what it misses. (The same on a real kernel: tests/kernel/test_daemon.py,
+case "faults".)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import errno
 
 from klptrace.tracer.model import events as ev
 from klptrace.tracer.observe import rawevents as rw
-from klptrace.tracer.daemon.daemon import Daemon, FaultInjection, Stage
+from faults import FaultInjection
+
+from klptrace.tracer.daemon.daemon import log
+from klptrace.tracer.daemon.pipeline import Pipeline, Stage
+from klptrace.tracer.daemon.sinks import JudgeSink, TraceSink
 from klptrace.tracer.judge.engine import Engine
 from klptrace.tracer.observe.infer import Inference
 
@@ -24,13 +29,32 @@ class Writer:
         self.lines.append(dict(rec))
 
 
+class Daemon:
+    """The event path as tracer/daemon/pipeline.py build() assembles it, with
+    the sinks these tests look at."""
+
+    def __init__(self, fault=None):
+        self.pipe = Pipeline(log, faults=FaultInjection(fault))
+        self.writer = Writer()
+        self.engine = Engine(ev.header("k", state={"patches": [], "modules": []}))
+        self.trace = TraceSink(self.writer, log, self.pipe)
+        self.inference = Inference(self.pipe.fan_out)
+        self.pipe.assemble(self.inference, [self.trace, JudgeSink(self.engine, log)])
+
+    @property
+    def handler_errors(self):
+        return self.pipe.handler_errors
+
+    @property
+    def unwritten(self):
+        return self.trace.unwritten
+
+    def _guarded(self, stage, fn, *args, **kw):
+        return self.pipe._guarded(stage, fn, *args, **kw)
+
+
 def daemon(fault=None):
-    d = Daemon(None, [], None)
-    d.writer = Writer()
-    d.engine = Engine(ev.header("k", state={"patches": [], "modules": []}))
-    d.inference = Inference(d._sink)
-    d._fault = FaultInjection(fault)
-    return d
+    return Daemon(fault)
 
 
 def raw(kind, ts, **kw):

@@ -396,12 +396,12 @@ def test_reason_names_are_the_trace_formats():
 
 # --- in the daemon: through the inference's queue, into the trace, the status file
 
-def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
-    import json
-    import time
-
-    from klptrace.tracer.daemon import statusfile
-    from klptrace.tracer.daemon.daemon import Daemon
+def _pipeline(tmp_path, table):
+    """The daemon's event path (tracer/daemon/pipeline.py build()) with a fake
+    trace file and BPF tables: what the daemon fans each record out to."""
+    from klptrace.tracer.daemon.daemon import log
+    from klptrace.tracer.daemon.pipeline import Pipeline
+    from klptrace.tracer.daemon.sinks import JudgeSink, StallSink, StatusSink, TraceSink
     from klptrace.tracer.judge.engine import Engine
     from klptrace.tracer.observe.infer import Inference
 
@@ -412,49 +412,53 @@ def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
         def write(self, rec):
             self.lines.append(dict(rec))
 
-    class Loader:
-        def lost(self):
-            return 0
-
+    pipe = Pipeline(log)
+    writer = Writer()
+    engine = Engine(ev.header("k", state={"patches": [], "modules": []}))
+    inference = Inference(pipe.fan_out)
+    stalls = st.StallTracker(inference.out.emit, engine.kstate, source="check", table=table)
     status = tmp_path / "run" / "status.json"
-    d = Daemon(None, [], None, status_path=str(status))
-    d.writer, d.loader = Writer(), Loader()
-    d.engine = Engine(ev.header("k", state={"patches": [], "modules": []}))
-    d.inference = Inference(d._sink)
+    pipe.assemble(inference, [TraceSink(writer, log, pipe), JudgeSink(engine, log),
+                              StallSink(stalls), StatusSink(stalls, str(status), log)])
+    return pipe, writer, engine, status
+
+
+def test_the_daemon_writes_stall_records_in_order_and_the_status_file(tmp_path):
+    import json
+    import time
+
+    from klptrace.tracer.daemon import statusfile
+
     table = Table()
-    d.stalls = st.StallTracker(d.inference.out.emit, d.engine.kstate, source="check",
-                               table=table, on_change=d._write_status)
+    pipe, writer, engine, status = _pipeline(tmp_path, table)
     vm = rw.Obj("vmlinux", (0, 0, 0, 0))
     B = time.monotonic_ns()     # the BPF clock is the daemon's (CLOCK_MONOTONIC)
-    d.inference.feed(rw.Raw(rw.INIT_TRANSITION, B + 1 * S, patch="lp", arg=1, pid=5, objs=[vm]))
-    d.inference.feed(rw.Raw(rw.START_TRANSITION, B + 1 * S + 5, pid=5, objs=[vm]))
+    pipe.feed(rw.Raw(rw.INIT_TRANSITION, B + 1 * S, patch="lp", arg=1, pid=5, objs=[vm]))
+    pipe.feed(rw.Raw(rw.START_TRANSITION, B + 1 * S + 5, pid=5, objs=[vm]))
     table.sweep(B + S + S // 2, WORKER)
     table.sweep(B + 2 * S, WORKER)
     table.sweep(B + 3 * S, WORKER)
-    d._tick()
+    pipe.tick(time.monotonic_ns(), 0)
     doc = statusfile.read(str(status))
     assert doc["stall"]["patch"] == "lp"
     assert doc["stall"]["blockers"][0]["function"] == "klpt_busy_work_func"
     assert oct(status.stat().st_mode & 0o777) == "0o644"
     table.switch(0xA)
     table.sweep(B + 4 * S, {}, complete=True)
-    d.inference.feed(rw.Raw(rw.COMPLETE, B + 4 * S + 2, pid=7, objs=[vm]))
-    d.inference.feed(rw.Raw(rw.COMPLETE_RET, B + 4 * S + 3, pid=7))
-    d._tick()
-    kinds = [(r["type"], r.get("event")) for r in d.writer.lines]
+    pipe.feed(rw.Raw(rw.COMPLETE, B + 4 * S + 2, pid=7, objs=[vm]))
+    pipe.feed(rw.Raw(rw.COMPLETE_RET, B + 4 * S + 3, pid=7))
+    pipe.tick(time.monotonic_ns(), 0)
+    kinds = [(r["type"], r.get("event")) for r in writer.lines]
     assert kinds == [("patch", "enable"), ("transition", "init"), ("transition", "start"),
                      ("stall", "blocked"), ("transition", "complete"), ("stall", "cleared")], kinds
-    seqs = [r["seq"] for r in d.writer.lines]
+    seqs = [r["seq"] for r in writer.lines]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert d.engine.stats.records == len(d.writer.lines)
+    assert engine.stats.records == len(writer.lines)
     assert json.loads(status.read_text())["stall"]["patch"] is None
-    assert not d.handler_errors
+    assert not pipe.handler_errors
 
 
-def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace():
-    from klptrace.tracer.daemon.daemon import Daemon, Stage
-    from klptrace.tracer.observe.infer import Inference
-
+def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace(tmp_path):
     class Broken(Table):
         def sweeps(self):
             raise OSError("map gone")
@@ -462,13 +466,11 @@ def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace():
         def blockers(self):
             raise OSError("map gone")
 
-    lines = []
-    d = Daemon(None, [], None)
-    d.inference = Inference(lines.append)
-    d.stalls = Tracked(d.inference.out.emit, source="check", table=Broken())
-    d.stalls.on_record(tr("init", 1))
-    d._guarded(Stage.STALLS, d.stalls.tick, 2 * S)
-    assert not [r for r in lines if r["type"] == "loss"]
+    pipe, writer, engine, status = _pipeline(tmp_path, Broken())
+    vm = rw.Obj("vmlinux", (0, 0, 0, 0))
+    pipe.feed(rw.Raw(rw.INIT_TRANSITION, 1, patch="lp", arg=1, pid=5, objs=[vm]))
+    pipe.tick(2 * S, 0)
+    assert not [r for r in writer.lines if r["type"] == "loss"]
 
 
 def test_the_status_lock_is_the_daemons():

@@ -105,15 +105,16 @@ def run(trace, preload, ready_file, ring_pages, discover, skip_points, verbose, 
             _fail(xc.BAD_INPUT, f"{what} {path}: directory {os.path.dirname(os.path.abspath(path))} "
                   "does not exist")
     lock = _lock()
-    from klptrace.tracer.daemon.daemon import Daemon
+    from klptrace.tracer.daemon.daemon import Daemon, RunOptions
     from klptrace.tracer.observe.discover import default_dirs
-    try:
-        code = Daemon(trace, list(preload), ready_file, verbose=verbose, listen=where,
+    opts = RunOptions(trace, list(preload), ready_file, verbose=verbose, listen=where,
                       tls_cert=tls_cert, tls_key=tls_key,
                       metrics_max_patches=metrics_max_patches,
                       trace_max_bytes=trace_max_bytes, trace_keep=trace_keep,
-                      ring_pages=ring_pages, skip_points=tuple(skip_points),
-                      discover_dirs=default_dirs() if discover else None).run()
+                      ring_pages=ring_pages, skip_points=frozenset(skip_points),
+                      discover_dirs=default_dirs() if discover else None)
+    try:
+        code = Daemon(opts).run()
     except ExporterError as e:      # port in use etc.: before the OSError below
         _fail(xc.BAD_INPUT, str(e))
     except OSError as e:

@@ -98,10 +98,11 @@ class Loader:
         # loaded here, in the main thread: the direct-probe worker only attaches
         self._direct_fds = {p: self.bpf.load_func(p, BPF.KPROBE).fd for p in DIRECT_PROGRAMS}
 
-    def _cb(self, _ctx, data, _size):
-        # ctypes would print and swallow an exception raised here: the daemon's
-        # handler catches, counts and reports every one (tracer/daemon/daemon.py)
-        self._on_event(data)
+    def _cb(self, _ctx, data, size):
+        # ctypes would print and swallow an exception raised here: the
+        # pipeline's guards catch, count and report every one
+        # (tracer/daemon/pipeline.py); the size is checked there, at decoding
+        self._on_event(data, size)
 
     def kfunc_support(self) -> bool:
         try:

@@ -115,8 +115,22 @@ def _s(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def decode(data) -> Raw:
-    """``data``: the ctypes pointer (or bytes) bcc's ring buffer callback gets."""
+EVENT_SIZE = ctypes.sizeof(CEvent)
+
+
+class BadRecord(ValueError):
+    """A ring-buffer record that is not a struct klpt_event."""
+
+
+def decode(data, size: int | None = None) -> Raw:
+    """``data``: the ctypes pointer (or bytes) bcc's ring buffer callback gets,
+    ``size`` its length: a record of another size is refused (BadRecord; the
+    daemon counts it as a decode error, a gap), never read past."""
+    if size is None and isinstance(data, (bytes, bytearray)):
+        size = len(data)
+    if size is not None and size != EVENT_SIZE:
+        raise BadRecord(f"a ring-buffer record of {size} bytes, not {EVENT_SIZE} "
+                        "(struct klpt_event): BPF programs and decoder disagree")
     if isinstance(data, (bytes, bytearray)):
         ev = CEvent.from_buffer_copy(data)
     else:
