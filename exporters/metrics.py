@@ -8,7 +8,7 @@ Two kinds, as the Prometheus "Writing exporters" guide separates them:
   /sys/kernel/livepatch, ``ProbeCollector`` over the daemon's attach results,
   ``InfoCollector`` (build and kernel info).
 * Events the exporter sees itself, instrumented directly: the transition
-  duration histogram (fed by the engine's ``on_transition_done``) and the
+  duration histogram (fed by the daemon's MetricsSink) and the
   exporter's own scrape counter.
 
 ``StatsCollector`` serves both the live daemon and ``klptrace validate
@@ -497,8 +497,10 @@ class DaemonMetrics:
                                 livepatch_state=kstate.patches,
                                 probes=lambda: plan_probes(plan) if plan else [],
                                 kernel_release=os.uname().release)
-        engine = Engine(header, on_transition_done=metrics.observe_transition)
         server = exporters.server.start(metrics, listen)
+
+    and the daemon's pipeline feeds the transition durations
+    (tracer/daemon/sinks.py MetricsSink: ``observe_transition``).
     """
 
     def __init__(self, stats_source: Callable[[], Stats | None], *,
@@ -547,7 +549,7 @@ class DaemonMetrics:
 
     def observe_transition(self, patch: str, target: str, outcome: str,
                            duration_ns: int) -> None:
-        """Engine(on_transition_done=...) callback: one finished transition."""
+        """One finished transition (tracer/daemon/sinks.py MetricsSink)."""
         if target not in ev.TARGETS or outcome not in OUTCOMES:
             return      # bounded labels: never invent a child
         self.transition_duration.labels(target, outcome).observe(max(duration_ns, 0) / 1e9)

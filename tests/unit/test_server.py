@@ -18,6 +18,7 @@ from klptrace.exporters.metrics import DaemonMetrics
 from klptrace.exporters.server import ExporterError, Listen, parse_listen
 from model_scenarios import SCENARIOS
 from tracebuild import duplicate, is_cb, renumber
+from klptrace.tracer.daemon.sinks import MetricsSink
 from klptrace.tracer.judge.engine import Engine
 from klptrace.tracer.model import events as ev
 
@@ -32,14 +33,19 @@ def traced_engine(metrics_holder: dict):
     records = renumber(records) + [ev.loss(10_000, 10_000_000, 4)]
     done = []
 
-    def on_done(*args):
-        done.append(args)
-        if "metrics" in metrics_holder:
-            metrics_holder["metrics"].observe_transition(*args)
+    class Histogram:
+        """The daemon's metrics sink feeds the duration histogram: each
+        transition's end, from the kernel state tracker the engine applies."""
+        def observe_transition(self, *args):
+            done.append(args)
+            if "metrics" in metrics_holder:
+                metrics_holder["metrics"].observe_transition(*args)
 
-    e = Engine(m.header, on_transition_done=on_done)
+    e = Engine(m.header)
+    sink = MetricsSink(e.kstate, Histogram())
     for r in records:
         e.feed(r)
+        sink.record(r)
     e.finish()
     return e, done
 

@@ -39,8 +39,7 @@ __all__ = ["Engine", "Finding", "Stats", "VIOLATION", "UNKNOWN", "WARNING", "OUT
 
 
 class Engine(CallbackJudge, Steps, Findings):
-    def __init__(self, header: dict | None = None, *, on_transition_done=None,
-                 kstate: LivepatchState | None = None):
+    def __init__(self, header: dict | None = None, *, kstate: LivepatchState | None = None):
         header = header or {}
         self.stats = Stats()
         # the kernel's livepatch state (tracer/model/livestate.py): read here,
@@ -53,7 +52,6 @@ class Engine(CallbackJudge, Steps, Findings):
         self.modules_known = False           # the header listed the loaded modules
         self.open = None                     # the open Completion or Section
         self.observes = frozenset(header.get("observes") or ev.CALLBACKS)
-        self._on_transition_done = on_transition_done
         self._unknown_said: set = set()
         self._last_ref = (0, 0)
         self.gap = False                     # records were lost somewhere before

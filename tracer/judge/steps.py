@@ -287,8 +287,6 @@ class Steps:
         outcome = "cancelled" if cancelled else t.outcome if t is not None else "completed"
         ps.target = target
         self.stats.bump(self.stats.transitions, (ps.name, target, outcome))
-        if t is not None and t.started_ns is not None and self._on_transition_done:
-            self._on_transition_done(ps.name, target, outcome, ref[1] - t.started_ns)
         ps.phase = COMPLETING
         self.open = Completion(ps, target, ref, cancelled)
         if target == "patched" and ps.replace:
