@@ -28,8 +28,14 @@ import platform
 import threading
 from typing import Callable, Iterable
 
-from prometheus_client import (CollectorRegistry, Counter, Histogram,
-                               disable_created_metrics)
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+try:
+    from prometheus_client import disable_created_metrics
+except ImportError:     # prometheus_client 0.16 (Debian 12): the same switch, by hand
+    def disable_created_metrics() -> None:
+        import prometheus_client.metrics as _pm
+        _pm._use_created = False
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from klptrace.tracer import __version__

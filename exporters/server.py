@@ -1,10 +1,11 @@
 """The HTTP endpoint: ``/metrics`` for Prometheus and a small landing page at ``/``.
 
-Served by prometheus_client's own ``start_http_server``: a threaded WSGI
-server with its own TLS support (``certfile``/``keyfile``, since 0.17) that
-returns the server and its thread (since 0.20, so we can swap its WSGI app
-for one with the landing page and a scrape counter, and shut it down):
-pyproject pins ``prometheus-client>=0.20,<1``.
+Served by the standard library's threaded WSGI server (wsgiref, as
+prometheus_client's own ``start_http_server`` does), with our app (the
+metrics, a landing page, a scrape counter) from the first request, TLS by
+the ssl module, and a handle to stop it: nothing of prometheus_client beyond
+``make_wsgi_app``, so Debian 12's python3-prometheus-client (0.16) serves it
+as well as PyPI's newer releases.
 
 Default: 127.0.0.1:19557. 9100-9999 is the block the Prometheus project's
 "Default port allocations" wiki page hands out to exporters, and it is fully
@@ -25,10 +26,13 @@ import html
 import re
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 19557
@@ -133,6 +137,33 @@ _BIND_HINTS = {
 }
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    """A request per thread; the threads die with the daemon."""
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format, *args):     # noqa: A002 - the base class's name
+        pass                                  # a scrape per 15 s is not news
+
+
+def _serve(app, addr: str, port: int, certfile: str | None, keyfile: str | None):
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(_Server):
+        address_family = family
+
+    httpd = make_server(addr, port, app, Server, handler_class=_Quiet)
+    if certfile:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certfile, keyfile)
+        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, name="klptrace-metrics", daemon=True)
+    thread.start()
+    return httpd, thread
+
+
 class MetricsServer:
     """A running endpoint. ``close()`` stops it (idempotent)."""
 
@@ -170,8 +201,7 @@ def start(metrics, listen: str | Listen = DEFAULT_LISTEN, *, certfile: str | Non
     # "" means every interface; getaddrinfo needs a concrete wildcard
     addr = where.host or "::"
     try:
-        httpd, thread = start_http_server(where.port, addr=addr, registry=registry,
-                                          certfile=certfile, keyfile=keyfile)
+        httpd, thread = _serve(_app(registry, on_scrape), addr, where.port, certfile, keyfile)
     except socket.gaierror as e:
         raise ExporterError(f"cannot listen on {where}: {e.strerror}") from None
     except OSError as e:
@@ -182,7 +212,4 @@ def start(metrics, listen: str | Listen = DEFAULT_LISTEN, *, certfile: str | Non
         raise ExporterError(f"cannot listen on {where}: {hint}") from None
     except ssl.SSLError as e:    # pragma: no cover - check_tls saw it first
         raise ExporterError(f"TLS setup failed: {e.reason or e}") from None
-    # Replace prometheus_client's app (metrics on every path) by ours. A
-    # request in the instant before this line gets the metrics at any path.
-    httpd.set_app(_app(registry, on_scrape))
     return MetricsServer(httpd, thread, where, tls=bool(certfile))
