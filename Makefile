@@ -72,3 +72,15 @@ docs: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The Debian package (docs/packaging.md): dist/klptrace_VERSION_all.deb, built
+# offline with dpkg-buildpackage (debhelper 13, pybuild's pyproject plugin) and
+# checked with lintian; scripts/setup-build.sh installs the build's packages.
+.PHONY: deb deb-check
+deb:
+	bash scripts/build-deb.sh
+
+# Installs the .deb with apt into a clean debootstrap'ed bookworm root (cached
+# under /var/tmp) and runs it there: a few minutes cold, about a minute warm.
+deb-check: deb
+	bash tests/pkg/check_deb_in_root.sh dist/klptrace_*_all.deb
