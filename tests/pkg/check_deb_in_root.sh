@@ -20,10 +20,9 @@
 # (a real forced rotation), rules and dashboard in place; purge removes the
 # code, the unit's enablement and /var/log/klptrace.
 #
-# bookworm has python3-prometheus-client 0.16.0; klptrace needs >= 0.20
-# (docs/packaging.md): trixie's is installed, with trixie listed at pin
-# priority 100 so that nothing else comes from it. Override with
-# KLPT_DEB_EXTRA="pkg/suite ..." (empty: none).
+# Only Debian's bookworm archive: every dependency is Debian 12's own
+# (python3-prometheus-client 0.16 included). KLPT_DEB_EXTRA="pkg/suite ..."
+# adds packages (and lists their suites).
 set -euo pipefail
 
 DEB=${1:?usage: $0 dist/klptrace_VERSION_all.deb}
@@ -31,7 +30,7 @@ BASE=${KLPT_DEB_BASE:-/var/tmp/klpt-debroot-base}
 ROOT=${KLPT_DEB_ROOT:-/var/tmp/klpt-debroot}
 MIRROR=http://deb.debian.org/debian
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-EXTRA=${KLPT_DEB_EXTRA-python3-prometheus-client/trixie}
+EXTRA=${KLPT_DEB_EXTRA-}
 # downloaded .debs are kept here between runs (bound over the root's apt cache)
 ARCHIVES=${KLPT_DEB_ARCHIVES:-/var/cache/klptrace-build/debroot-archives}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -65,14 +64,13 @@ cat > "$ROOT/etc/apt/sources.list" <<EOF
 deb $MIRROR bookworm main
 deb $MIRROR bookworm-updates main
 deb http://deb.debian.org/debian-security bookworm-security main
-deb $MIRROR trixie main
 EOF
-cat > "$ROOT/etc/apt/preferences.d/klptrace-check" <<'EOF'
-# only what is asked for by name (pkg/trixie) comes from trixie
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-EOF
+for x in $EXTRA; do       # pkg/suite: that suite, at a priority that takes nothing unasked
+    suite=${x#*/}
+    echo "deb $MIRROR $suite main" >> "$ROOT/etc/apt/sources.list"
+    printf 'Package: *\nPin: release n=%s\nPin-Priority: 100\n' "$suite" \
+        > "$ROOT/etc/apt/preferences.d/klptrace-check-$suite"
+done
 printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"
 chmod 0755 "$ROOT/usr/sbin/policy-rc.d"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
