@@ -20,7 +20,6 @@ import datetime
 import importlib
 import io
 import os
-import pkgutil
 import sys
 import tokenize
 import tomllib
@@ -54,15 +53,15 @@ def root_command(spec: str):
 
 
 def exit_codes(mod) -> list[tuple[int, str, str]]:
-    """(code, NAME, comment) from a module named exitcodes in the top-level
-    package of the entry point's module (found by walking it), or []."""
-    top = mod.__name__.split(".")[0]
-    pkg = importlib.import_module(top)
+    """(code, NAME, comment) from a module named exitcodes in a package that
+    holds the entry point's module (the nearest), or []."""
     found = None
-    for info in pkgutil.walk_packages(pkg.__path__, top + ".", onerror=lambda _n: None):
-        if info.name.rsplit(".", 1)[-1] == "exitcodes":
-            found = importlib.import_module(info.name)
-            break
+    parts = mod.__name__.split(".")[:-1]
+    while parts and found is None:
+        try:
+            found = importlib.import_module(".".join(parts) + ".exitcodes")
+        except ImportError:
+            parts.pop()
     if found is None or not getattr(found, "__file__", None):
         return []
     comments: dict[str, str] = {}
