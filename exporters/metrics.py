@@ -218,7 +218,7 @@ class SelfMetrics:
 class LivepatchCollector:
     """Patches enabled and in transition, read from the kernel at scrape time.
 
-    ``state_source`` returns tracer.kstate.patches()'s shape:
+    ``state_source`` returns tracer/observe/sysfs.py patches()'s shape:
     ``[{"name", "enabled": bool, "transition": bool, ...}]``. Folded patches
     add up under ``_overflow``.
     """
@@ -500,7 +500,7 @@ class DaemonMetrics:
     The daemon wires it like this (see docs/operations.md)::
 
         metrics = DaemonMetrics(lambda: engine.stats if engine else None,
-                                livepatch_state=kstate.patches,
+                                livepatch_state=sysfs.patches,
                                 probes=lambda: plan_probes(plan) if plan else [],
                                 kernel_release=os.uname().release)
         server = exporters.server.start(metrics, listen)

@@ -10,7 +10,7 @@ Rotation (``max_bytes``): before a record would take the file past
 ``max_bytes``, the file is fsynced and shifted to ``PATH.1`` (``PATH.1`` to
 ``PATH.2``, ..., keeping ``keep`` old files), and a new ``PATH`` starts with a
 header of its own. That header carries the state *now* (``state_provider()``,
-the shape of tracer.kstate.state()), so ``klptrace validate`` judges each file
+the shape of tracer/observe/sysfs.py state()), so ``klptrace validate`` judges each file
 alone: cycles that began in an earlier file are ``unknown``, never violated.
 
 External rotation (logrotate without ``copytruncate``): logrotate renames the

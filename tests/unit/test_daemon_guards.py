@@ -37,7 +37,7 @@ class Daemon:
         self.pipe = Pipeline(log, faults=FaultInjection(fault))
         self.writer = Writer()
         self.engine = Engine(ev.header("k", state={"patches": [], "modules": []}))
-        self.trace = TraceSink(self.writer, log, self.pipe)
+        self.trace = TraceSink(self.writer, log, self.pipe.count)
         self.inference = Inference(self.pipe.fan_out)
         self.pipe.assemble(self.inference, [self.trace, JudgeSink(self.engine, log)])
 

@@ -1,7 +1,7 @@
-"""tracer.kstate reads /sys/kernel/livepatch's layout (here: a copy of its
+"""tracer.observe.sysfs reads /sys/kernel/livepatch's layout (here: a copy of its
 shape in a temporary directory) into the trace header's state."""
 
-from klptrace.tracer.observe import kstate
+from klptrace.tracer.observe import sysfs as kstate
 
 
 def test_patches_from_sysfs_layout(tmp_path):

@@ -374,9 +374,10 @@ def test_the_proc_source_names_a_blocker_and_its_function(tmp_path):
 
 def test_procstall_unpatching_looks_for_the_livepatch_module(tmp_path):
     from klptrace.tracer.observe import procstall
+    from klptrace.tracer.observe import sysfs as livepatch_sysfs
     stack = "[<0>] livepatch_cmdline_proc_show+0x10/0x40 [lp]\n[<0>] seq_read+0x1/0x2\n"
     sysfs, proc = fake_host(tmp_path, {5: (5, "cat", 1, stack, False)}, target="unpatched")
-    assert procstall.open_transition(str(sysfs)) == ("lp", "unpatched")
+    assert livepatch_sysfs.open_transition(str(sysfs)) == ("lp", "unpatched")
     (b,) = procstall.blockers("unpatched", set(), "lp", proc=str(proc))
     assert b.function == "livepatch_cmdline_proc_show" and not b.kthread
 
@@ -418,7 +419,7 @@ def _pipeline(tmp_path, table):
     inference = Inference(pipe.fan_out)
     stalls = st.StallTracker(inference.out.emit, engine.kstate, source="check", table=table)
     status = tmp_path / "run" / "status.json"
-    pipe.assemble(inference, [TraceSink(writer, log, pipe), JudgeSink(engine, log),
+    pipe.assemble(inference, [TraceSink(writer, log, pipe.count), JudgeSink(engine, log),
                               StallSink(stalls), StatusSink(stalls, str(status), log)])
     return pipe, writer, engine, status
 
@@ -476,7 +477,7 @@ def test_an_error_reading_the_stalls_is_not_a_gap_in_the_trace(tmp_path):
 def test_the_status_lock_is_the_daemons():
     from klptrace.tracer.commands import run as runcmd
     from klptrace.tracer.daemon import statusfile
-    assert statusfile.LOCK == runcmd.LOCK
+    assert runcmd.statusfile.LOCK == statusfile.LOCK      # one definition, the status file's
 
 
 def test_the_per_task_probes_are_armed_only_while_a_sweep_left_tasks_behind():

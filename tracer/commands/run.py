@@ -13,8 +13,8 @@ import click
 from klptrace.exporters.options import exporter_options
 
 from klptrace.tracer import exitcodes as xc
+from klptrace.tracer.daemon import statusfile
 
-LOCK = "/run/klptrace.lock"
 
 
 def _fail(code: int, msg: str):
@@ -44,13 +44,13 @@ def _preflight() -> None:
 
 def _lock():
     try:
-        fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(statusfile.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        _fail(xc.ALREADY_RUNNING, f"another klptrace daemon is running (lock {LOCK} is held); "
+        _fail(xc.ALREADY_RUNNING, f"another klptrace daemon is running (lock {statusfile.LOCK} is held); "
               "stop it first")
     except OSError as e:
-        _fail(xc.NOT_ROOT, f"cannot open lock {LOCK}: {e.strerror}")
+        _fail(xc.NOT_ROOT, f"cannot open lock {statusfile.LOCK}: {e.strerror}")
     return fd
 
 

@@ -24,7 +24,7 @@ import time
 import click
 
 from klptrace.tracer import exitcodes as xc
-from klptrace.tracer.observe import kstate
+from klptrace.tracer.observe import sysfs as livepatch_sysfs
 from klptrace.tracer.observe import procstall
 from klptrace.tracer.daemon import statusfile
 
@@ -60,11 +60,11 @@ def from_daemon(path: str, lock: str) -> dict | None:
 
 def from_proc(sysfs: str, proc: str) -> dict:
     """A direct read; raises procstall.ProcAccessError without root."""
-    open_ = procstall.open_transition(sysfs)
+    open_ = livepatch_sysfs.open_transition(sysfs)
     if open_ is None:
         return {"from": "proc", "patch": None, "target": None, "blockers": []}
     patch, target = open_
-    names = procstall.patch_functions(patch, sysfs) if target == "patched" else set()
+    names = livepatch_sysfs.patch_functions(patch, sysfs) if target == "patched" else set()
     found = procstall.blockers(target, names, patch if target == "unpatched" else None, proc=proc)
     return {"from": "proc", "source": "proc", "patch": patch, "target": target, "opened_ns": None,
             "blockers": [{"pid": t.tid, "tgid": t.tgid, "comm": t.comm, "kthread": t.kthread,
@@ -78,9 +78,9 @@ def gather(*, direct: bool, sysfs: str, proc: str, status_path: str, lock: str) 
     if not os.path.isdir(sysfs):
         _fail(xc.NO_LIVEPATCH, f"kernel {os.uname().release} has no livepatch ({sysfs} missing: "
               "CONFIG_LIVEPATCH not set)")
-    patches = kstate.patches(sysfs)
+    patches = livepatch_sysfs.patches(sysfs)
     view = None if direct else from_daemon(status_path, lock)
-    open_now = procstall.open_transition(sysfs)
+    open_now = livepatch_sysfs.open_transition(sysfs)
     if view is not None and open_now is not None and view.get("patch") != open_now[0]:
         view = None             # the daemon has not caught up (or missed it): read it here
     if view is None:
@@ -159,7 +159,7 @@ def format_text(doc: dict) -> str:
               show_default=True)
 @click.option("--status-file", default=statusfile.PATH, show_default=True, hidden=True)
 @click.option("--lock", default=statusfile.LOCK, hidden=True)
-@click.option("--sysfs", default=procstall.LIVEPATCH, hidden=True)
+@click.option("--sysfs", default=livepatch_sysfs.LIVEPATCH, hidden=True)
 @click.option("--proc", default=procstall.PROC, hidden=True)
 def status(direct, fmt, status_file, lock, sysfs, proc):
     """The livepatches, their state, and what blocks an open transition

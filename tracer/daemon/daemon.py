@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from klptrace.tracer import exitcodes as xc
 from klptrace.tracer.daemon import runloop, statusfile
 from klptrace.tracer.daemon.health import Health
-from klptrace.tracer.daemon.pipeline import Pipeline, build
+from klptrace.tracer.daemon.build import build
+from klptrace.tracer.daemon.pipeline import Pipeline
 from klptrace.tracer.daemon.sinks import JudgeSink, TraceSink
 from klptrace.tracer.model import events as ev
-from klptrace.tracer.observe import kstate
+from klptrace.tracer.observe import sysfs
 from klptrace.tracer.observe import rawevents as rw
 from klptrace.tracer.observe.probeplan import format_plan, make_plan
 
@@ -107,7 +108,7 @@ class Daemon:
         kw = {} if o.metrics_max_patches is None else {"max_patches": o.metrics_max_patches}
         judge = lambda: self.pipe.sink(JudgeSink) if self.pipe else None   # noqa: E731
         self.metrics = DaemonMetrics(lambda: judge().engine.stats if judge() else None,
-                                     livepatch_state=kstate.patches,
+                                     livepatch_state=sysfs.patches,
                                      probes=lambda: plan_probes(self.plan) if self.plan else [],
                                      health=self.health,
                                      stalls=self._stall_state,
@@ -241,7 +242,7 @@ class Daemon:
         self._discover()
         self.probes = DirectProbes(loader, self.preload, log)
         try:
-            state = kstate.state()
+            state = sysfs.state()
             plan = self._plan()
             if plan is None:
                 return xc.ATTACH_FAILED
@@ -252,7 +253,7 @@ class Daemon:
             rotation = {"max_bytes": o.trace_max_bytes}
             if o.trace_keep is not None:
                 rotation["keep"] = o.trace_keep
-            self.writer = TraceWriter(o.trace, header, state_provider=kstate.state, **rotation)
+            self.writer = TraceWriter(o.trace, header, state_provider=sysfs.state, **rotation)
             pipe = build(header, plan=plan, loader=loader, coverage=self.probes,
                          writer=self.writer, metrics=self.metrics, status_path=o.status_path,
                          log=log, verbose=o.verbose, faults=self._faults)

@@ -1,4 +1,4 @@
-"""The daemon's event path, assembled in one place (``build``):
+"""The daemon's event path (put together in tracer/daemon/build.py):
 
     ring buffer --decode--> Raw --inference--> records --> the sinks, in order:
 
@@ -189,37 +189,3 @@ class Pipeline:
     def sink(self, cls):
         """The sink of this class (the daemon's final log line, the tests)."""
         return next((s for s in self.sinks if isinstance(s, cls)), None)
-
-
-def build(header: dict, *, plan, loader, coverage, writer, metrics, status_path: str,
-          log: Callable[[str], None], verbose: bool = False,
-          faults: Faults | None = None) -> Pipeline:
-    """The whole event path, in the one place it is put together."""
-    from klptrace.tracer.daemon import sinks as sk
-    from klptrace.tracer.judge.engine import Engine
-    from klptrace.tracer.model.livestate import LivepatchState
-    from klptrace.tracer.observe.loader import OnDemandProbes
-    from klptrace.tracer.observe.stalls import StallSource, StallTracker
-
-    pipe = Pipeline(log, verbose=verbose, faults=faults)
-    # the kernel state tracker, fed in trace order by the engine (the
-    # decoder starts from the same start state, then runs ahead of it)
-    kstate = LivepatchState.from_state(header.get("state"))
-    engine = Engine(header, kstate=kstate)
-    inference = Inference(pipe.fan_out, core_kinds=plan.core_kinds(), coverage=coverage,
-                          start=LivepatchState.from_state(header.get("state")))
-    source = plan.stall_source()
-    on_demand = OnDemandProbes(loader, plan.on_demand(), log=lambda m: log(f"warning: {m}"))
-    on_demand.set(False)        # armed by the stall view when a sweep leaves tasks behind
-    stalls = StallTracker(inference.out.emit, kstate, source=source,
-                          table=loader.stall_table() if source is not StallSource.PROC else None,
-                          arm=on_demand.set)
-    log(f"stalled transitions: source {source.value}")
-    pipe.assemble(inference, [
-        sk.TraceSink(writer, log, pipe),
-        sk.JudgeSink(engine, log),
-        sk.StallSink(stalls),
-        sk.MetricsSink(kstate, metrics),
-        sk.StatusSink(stalls, status_path, log),
-    ])
-    return pipe

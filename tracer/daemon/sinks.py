@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from klptrace.tracer.daemon import statusfile
-from klptrace.tracer.daemon.pipeline import Pipeline, Stage
+from klptrace.tracer.daemon.pipeline import Stage
 from klptrace.tracer.judge.findings import UNKNOWN, VIOLATION
 from klptrace.tracer.model import events as ev
 from klptrace.tracer.model.livestate import LivepatchState
@@ -28,10 +28,10 @@ class TraceSink:
     many records it is missing, where they are missing."""
     stage = Stage.WRITE
 
-    def __init__(self, writer, log: Log, pipe: Pipeline):
+    def __init__(self, writer, log: Log, count: Callable[[Stage], None]):
         self.writer = writer
         self._log = log
-        self._pipe = pipe
+        self._count = count                    # the pipeline's error counter
         self.unwritten = 0                     # records not in the trace (write failed)
         self._unwritten_now = 0                # ... since writing last failed
         self._first: int | None = None         # seq of the first of them
@@ -54,7 +54,7 @@ class TraceSink:
                           "records are counted (klptrace_trace_records_unwritten_total)")
             self._unwritten_now += 1
             self.unwritten += 1
-            self._pipe.count(Stage.WRITE)
+            self._count(Stage.WRITE)
 
     def tick(self, now_ns: int) -> None:
         pass

@@ -18,7 +18,7 @@ import os
 
 DIR = "/run/klptrace"
 PATH = os.path.join(DIR, "status.json")
-LOCK = "/run/klptrace.lock"          # tracer/commands/run.py takes it, exclusively
+LOCK = "/run/klptrace.lock"          # the daemon's: tracer/commands/run.py takes it, exclusively
 FORMAT = 1
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from klptrace.tracer.model.events import CALLBACKS
+
 LINE_RE = re.compile(
     r"klpt: patch=(?P<patch>\S+) object=(?P<object>\S+) callback=(?P<callback>\S+)"
     r" ret=(?P<ret>-?\d+|-) state=(?P<state>\S+)$")
 
-CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .cachedir import KMOD_SOURCE_DIR, cache_dir
 from .errors import LabError
-from .packages import Kernel
+from .kernel import Kernel
 from .rootfs import chroot_argv
 
 # keep in step with tests/kmod/Makefile (tests/unit/test_lab_modules.py)

@@ -27,6 +27,7 @@ from typing import Callable
 
 from .cachedir import cache_dir
 from .errors import LabError
+from .packages import BOOKWORM, AptConfig, _run_apt
 
 BACKPORTS = "bookworm-backports"
 # the packages that make a runnable qemu-system-x86_64 with its firmware;
@@ -95,7 +96,7 @@ def _unpacked(root: Path) -> Qemu | None:
 
 def _fetch_backports(progress: Callable[[str], None]) -> Qemu:
     """Download and unpack the backports QEMU under cache/qemu/VERSION."""
-    from .packages import BOOKWORM, AptConfig, _run_apt
+
     apt = AptConfig.private(BACKPORTS, (*BOOKWORM, BACKPORTS))
     if not apt.lists_fresh():
         apt.update()

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from .cachedir import REPO_ROOT, cache_dir
 from .errors import LabError
-from .packages import vmlinuz_in
+from .kernel import vmlinuz_in
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 MIRROR = "http://deb.debian.org/debian"

@@ -26,7 +26,7 @@ from . import kmod, packages, vm
 from .cachedir import GUEST_SCRIPTS_DIR
 from .errors import LabError
 from .groundtruth import CallbackRecord, parse_log
-from .packages import Kernel
+from .kernel import Kernel
 from .scenarios import Scenario, select
 
 BOOT_TIMEOUT = 300          # boot to the driver's first line (TCG, maybe a busy host)

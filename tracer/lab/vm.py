@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 from . import qemu, rootfs
 from .cachedir import REPO_ROOT
 from .errors import LabError
-from .packages import Kernel
+from .kernel import Kernel
 
 MEMORY = "2G"
 CPUS = 2

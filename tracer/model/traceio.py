@@ -45,10 +45,7 @@ def _open(path: str):
 def read_trace(path: str, on_warning: Callable[[str], None] = lambda msg: None
                ) -> Iterator[dict]:
     """Yield the checked header, then every checked record of one trace."""
-    try:
-        f = _open(path)
-    except TraceInputError:
-        raise
+    f = _open(path)
     with f:
         try:
             yield from _records(path, f, on_warning)

@@ -52,7 +52,6 @@ class DirectError(str, enum.Enum):
     REMOVE = "remove"               # removing one
     WORKER = "worker"               # the worker thread itself
 KPROBE_LIST = "/sys/kernel/debug/kprobes/list"
-ADDR_SLACK = 16          # a kprobe may sit past an endbr64 (arch_adjust_kprobe_addr)
 
 
 class TracefsEvents:
@@ -261,7 +260,7 @@ class DirectProbes:
                     rest.append((obj, i, a))
                 elif addrs is None:
                     continue      # unverified: its silence proves nothing (not live)
-                elif any(a <= k <= a + ADDR_SLACK for k in addrs):
+                elif any(a <= k <= a + rw.PROBE_IP_SLACK for k in addrs):
                     live[(patch, obj, i)] = (a, 0)       # armed since the module loaded
                 else:
                     rest.append((obj, i, a))   # the kernel shows no probe there: ours by address

@@ -82,7 +82,6 @@ class Gap(str, enum.Enum):
     COMING_UNPLACED = "coming-unplaced"         # nothing placed a coming record in time
     GOING_UNPLACED = "going-unplaced"           # ... a going record
 PRE, POST, PRE_UN, POST_UN = range(4)
-DIRECT_SLACK = 16            # a kprobe's ip may be the address + 1 (int3) or + 4 (endbr64)
 
 
 class Coverage(Protocol):
@@ -583,7 +582,7 @@ class Inference:
     def _which_cbs(o: rw.Obj, ip: int) -> list[int]:
         """The callbacks of o at the probed address: usually one, but one
         function may serve several callbacks of an object."""
-        return [i for i in range(4) if o.cb[i] and 0 <= ip - o.cb[i] <= DIRECT_SLACK]
+        return [i for i in range(4) if o.cb[i] and 0 <= ip - o.cb[i] <= rw.PROBE_IP_SLACK]
 
     def _expects_pre_patch(self, r: rw.Raw) -> bool:
         """A pre_patch runs now: in an enable of this patch, or in a module's

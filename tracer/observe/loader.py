@@ -277,5 +277,3 @@ class BpfStallTable:
             except KeyError:
                 pass            # gone already (switched meanwhile)
 
-    def clear(self) -> None:
-        self._tasks.clear()

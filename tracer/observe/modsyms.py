@@ -39,7 +39,9 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
+from klptrace.tracer.model import events as ev
+
+CALLBACKS = ev.CALLBACKS      # struct klp_callbacks' order (tracer/model/events.py)
 SHT_SYMTAB, SHT_RELA = 2, 4
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
 SHF_RELA_LIVEPATCH = 0x00100000

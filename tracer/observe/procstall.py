@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-LIVEPATCH = "/sys/kernel/livepatch"
 PROC = "/proc"
 PF_KTHREAD = 0x00200000
 # task->patch_state: KLP_UNPATCHED 0, KLP_PATCHED 1 (-1 outside a transition)
@@ -46,40 +45,6 @@ def _read(path: str) -> str | None:
             return f.read()
     except OSError:
         return None
-
-
-def open_transition(root: str = LIVEPATCH) -> tuple[str, str] | None:
-    """(patch, target) of the patch in transition, or None. During a
-    transition `enabled` is the target (enable sets it before the first
-    sweep, disable clears it, a reverse flips it)."""
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return None
-    for name in names:
-        if (_read(os.path.join(root, name, "transition")) or "").strip() == "1":
-            enabled = (_read(os.path.join(root, name, "enabled")) or "").strip() == "1"
-            return name, "patched" if enabled else "unpatched"
-    return None
-
-
-def patch_functions(patch: str, root: str = LIVEPATCH) -> set[str]:
-    """The (old) names of the functions the patch replaces: its sysfs
-    directories <object>/<function>,<sympos>."""
-    out: set[str] = set()
-    d = os.path.join(root, patch)
-    try:
-        objs = os.listdir(d)
-    except OSError:
-        return out
-    for o in objs:
-        od = os.path.join(d, o)
-        if not os.path.isdir(od):
-            continue
-        for f in os.listdir(od):
-            if "," in f and os.path.isdir(os.path.join(od, f)):
-                out.add(f.rsplit(",", 1)[0])
-    return out
 
 
 def function_on_stack(tid: int, names: set[str], module: str | None,

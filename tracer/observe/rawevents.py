@@ -51,6 +51,12 @@ HIT_PROGRAMS = ("enable", "enable_ret", "init", "start", "complete", "cancel", "
                 "stall_sweep", "stall_sweep_ret")
 HIT_SLOTS = len(HIT_PROGRAMS)
 
+# A kprobe on a function reports an ip a little past the function's address:
+# + 1 past the int3, or past an endbr64 (arch_adjust_kprobe_addr moves the
+# probe there). A direct probe's hit, and a probed address in the kernel's
+# kprobe list, is taken as the callback's within this many bytes.
+PROBE_IP_SLACK = 16
+
 # kernel klp_target_state values
 KLP_UNPATCHED, KLP_PATCHED = 0, 1
 

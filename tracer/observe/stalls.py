@@ -77,7 +77,7 @@ import dataclasses
 
 from klptrace.tracer.model import events as ev
 from klptrace.tracer.model.livestate import LivepatchState, Transition
-from klptrace.tracer.observe import procstall
+from klptrace.tracer.observe import procstall, sysfs
 from klptrace.tracer.observe import rawevents as rw
 
 MIN_WINDOWS = 3
@@ -176,7 +176,6 @@ class StallTable(Protocol):
     def sweeps(self) -> rw.Sweeps: ...
     def blockers(self) -> list[rw.Blocker]: ...
     def forget(self, keys: list[int]) -> None: ...
-    def clear(self) -> None: ...
 
 
 @dataclass
@@ -222,7 +221,7 @@ class StallTracker:
                  source: StallSource = StallSource.PROC,
                  table: StallTable | None = None, on_change: Callable[[StallState], None] | None = None,
                  clock: Callable[[], int] = time.monotonic_ns,
-                 proc_root: str = procstall.PROC, sysfs_root: str = procstall.LIVEPATCH,
+                 proc_root: str = procstall.PROC, sysfs_root: str = sysfs.LIVEPATCH,
                  arm: Callable[[bool], None] | None = None):
         self._emit = emit
         self._kstate = kstate
@@ -398,7 +397,7 @@ class StallTracker:
         """What a stack frame must be to block: patching, one of the patch's
         functions; unpatching, a function of the livepatch module itself."""
         if d.target == "patched":
-            return procstall.patch_functions(d.patch, self._sysfs), None
+            return sysfs.patch_functions(d.patch, self._sysfs), None
         return set(), d.patch
 
     def _poll_proc(self, d: _Direction, now: int) -> bool:
