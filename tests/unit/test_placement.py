@@ -310,8 +310,7 @@ def test_rule_ids_are_constants_of_the_catalogue():
         assert getattr(rules, rid.replace("-", "_")) == rid
 
 
-ENGINE = ["tracer/judge/engine.py", "tracer/judge/state.py", "tracer/judge/findings.py",
-          "tracer/judge/callbacks.py", "tracer/judge/steps.py"]
+ENGINE = sorted(str(p.relative_to(REPO)) for p in (REPO / "tracer/judge").glob("*.py"))
 
 
 def _uses() -> dict[str, set[str]]:

@@ -1,1 +1,2 @@
-"""Judging records against the rules: the engine (its state, the callback and step judges, findings) and reports."""
+"""Judging records against the rules: the engine (a composition of judges over one
+state, tracer/judge/engine.py) and the reports."""

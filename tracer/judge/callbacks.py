@@ -1,7 +1,7 @@
 """Judging one callback record against the state: is its patch enabled, is
 its object's module loaded, does it answer its counterpart, does it run in
 its step. Each rule is judged in one method here (tracer.rules ``where``);
-what a step owes when it closes is tracer/judge/steps.py's.
+what a step owes when it closes is tracer/judge/obligations.py's.
 
 This is the validator's hot path (docs/benchmarks.md): about half the
 records are callbacks, so the common case is a few attribute reads.
@@ -10,10 +10,14 @@ records are callbacks, so the common case is a few attribute reads.
 from __future__ import annotations
 
 from klptrace.tracer.model import events as ev
-from klptrace.tracer.judge.state import ObjState, Phase, Presence
-from klptrace.tracer.model.rules import (KLP_FAIL_001, KLP_LOAD_001, KLP_LOAD_002, KLP_ONCE_001, KLP_ORD_001,
-                    KLP_ORD_002, KLP_ORD_003, KLP_ORD_004, KLP_REPLACE_001, KLP_REV_001,
-                    KLP_SYM_001, KLP_SYM_002)
+from klptrace.tracer.judge.findings import Verdicts
+from klptrace.tracer.judge.obligations import Obligations
+from klptrace.tracer.judge.sections import SectionJudge
+from klptrace.tracer.judge.state import EngineState, ObjState, Phase, Presence
+from klptrace.tracer.model.rules import (KLP_FAIL_001, KLP_LOAD_001, KLP_LOAD_002,
+                                         KLP_ONCE_001, KLP_ORD_001, KLP_ORD_002, KLP_ORD_003,
+                                         KLP_ORD_004, KLP_REPLACE_001, KLP_REV_001,
+                                         KLP_SYM_001, KLP_SYM_002)
 
 PRE_PATCH, POST_PATCH, PRE_UNPATCH, POST_UNPATCH = ev.CALLBACKS
 VMLINUX = ev.VMLINUX
@@ -23,9 +27,15 @@ LOADED, REFUSED, UNKNOWN = Presence.LOADED, Presence.REFUSED, Presence.UNKNOWN
 
 
 class CallbackJudge:
-    """Mixin of the Engine: one callback record."""
+    """One callback record."""
 
-    def _callback(self, rec: dict, ref, out: list) -> None:
+    def __init__(self, state: EngineState, verdicts: Verdicts, obligations: Obligations,
+                 sections: SectionJudge):
+        self.state, self.verdicts = state, verdicts
+        self.obligations, self.sections = obligations, sections
+        self.stats = verdicts.stats
+
+    def callback(self, rec: dict, ref, out: list) -> None:
         pname, oname, cb = rec["patch"], rec["object"], rec["callback"]
         if cb == PRE_PATCH:
             ret = rec.get("ret")
@@ -35,7 +45,7 @@ class CallbackJudge:
         counts = self.stats.callbacks
         key = (pname, oname, cb, result, rec.get("evidence") or "direct")
         counts[key] = counts.get(key, 0) + 1
-        ps = self.patches.get(pname)
+        ps = self.state.patches.get(pname)
         if ps is None or not ps.phase.admits_callbacks:
             self._patch_admits(out, ps, pname, oname, cb, ref)
             return
@@ -44,7 +54,7 @@ class CallbackJudge:
             obj = ps.objects[oname] = ObjState(oname, None)
         section = None
         if oname != VMLINUX:
-            s = self.open
+            s = self.state.open
             if s is not None and s.module == oname:
                 section = s             # its module's own coming/going section
             else:
@@ -86,45 +96,47 @@ class CallbackJudge:
         klp_patches, never for one atomic replace removed."""
         if ps is None:
             # never enabled in this trace, and not enabled when it began
-            if self.gap:      # its enable may be among the lost records
-                self._unknown_once(out, pname, None, "lost",
-                                   f"'{pname}' not judged: records were lost before it", [ref])
-            elif self.modules_known or self.patches:
-                self._judge(out, None, KLP_LOAD_002, f"{cb} of '{pname}'/{oname}: that "
-                            "livepatch was never enabled in this trace", oname, [ref])
+            if self.state.gap:      # its enable may be among the lost records
+                self.verdicts.unknown_once(
+                    out, pname, None, "lost",
+                    f"'{pname}' not judged: records were lost before it", [ref])
+            elif self.state.modules_known or self.state.patches:
+                self.verdicts.judge(out, None, KLP_LOAD_002, f"{cb} of '{pname}'/{oname}: that "
+                                    "livepatch was never enabled in this trace", oname, [ref])
             else:
-                self._unknown_once(out, pname, None, "no enable",
-                                   f"'{pname}' not judged: its enable is not in this trace",
-                                   [ref])
+                self.verdicts.unknown_once(out, pname, None, "no enable",
+                                           f"'{pname}' not judged: its enable is not in this trace",
+                                           [ref])
         elif ps.phase is REPLACED:
-            self._judge(out, ps, KLP_REPLACE_001, f"{cb} of '{pname}'/{oname} after '{pname}' "
-                        "was atomically replaced", oname, [ref])
+            self.verdicts.judge(out, ps, KLP_REPLACE_001, f"{cb} of '{pname}'/{oname} after "
+                                f"'{pname}' was atomically replaced", oname, [ref])
         else:
-            self._judge(out, ps, KLP_LOAD_002, f"{cb} of '{pname}'/{oname} while '{pname}' is "
-                        "not enabled", oname, [ref])
+            self.verdicts.judge(out, ps, KLP_LOAD_002, f"{cb} of '{pname}'/{oname} while "
+                                f"'{pname}' is not enabled", oname, [ref])
 
     def _module_presence(self, out: list, ps, obj: ObjState, cb: str, ref) -> None:
         """KLP-LOAD-001: a module object's callback runs only while its module
         is loaded (klp_is_object_loaded). Known from the header's `modules`
         and the module records, whatever the patch's own history."""
-        ms = self.modules.get(obj.name)
+        ms = self.state.modules.get(obj.name)
         if ms is None:
-            p = Presence.UNLOADED if self.modules_known else UNKNOWN
+            p = Presence.UNLOADED if self.state.modules_known else UNKNOWN
         else:
             p = ms.presence
             if p is LOADED:
                 if ms.load is not None:     # the module runs: its load went through
-                    self._settle(ms, out, refused=False)
+                    self.sections.settle(ms, out, refused=False)
                 return
             if p is REFUSED and ms.refusal is not None:
-                self._shows_loaded(ms, obj.name, f"runs {cb} of '{ps.name}'", ref, out)
+                self.sections.shows_loaded(ms, obj.name, f"runs {cb} of '{ps.name}'", ref, out)
                 return
         msg = f"{cb} of '{ps.name}'/{obj.name} while module '{obj.name}' is not loaded"
         if p is UNKNOWN:
-            self._unknown_once(out, ps.name, obj.name, KLP_LOAD_001,
-                               f"not judged (module '{obj.name}' state unknown): {msg}", [ref])
+            self.verdicts.unknown_once(
+                out, ps.name, obj.name, KLP_LOAD_001,
+                f"not judged (module '{obj.name}' state unknown): {msg}", [ref])
         else:
-            self._judge(out, ps, KLP_LOAD_001, msg, obj.name, [ref])
+            self.verdicts.judge(out, ps, KLP_LOAD_001, msg, obj.name, [ref])
 
     # --- the object's own history ----------------------------------------------------
 
@@ -132,8 +144,8 @@ class CallbackJudge:
         """KLP-FAIL-001: nothing but a new pre_patch after a failed one
         (klp_pre_patch_callback left post_unpatch_enabled clear and the
         object unpatched)."""
-        self._judge(out, ps, KLP_FAIL_001, f"{cb} of '{ps.name}'/{obj.name} after its "
-                    "pre_patch failed", obj.name, [obj.ran.get(PRE_PATCH) or ref, ref])
+        self.verdicts.judge(out, ps, KLP_FAIL_001, f"{cb} of '{ps.name}'/{obj.name} after its "
+                            "pre_patch failed", obj.name, [obj.ran.get(PRE_PATCH) or ref, ref])
 
     def _pairing(self, out: list, ps, obj: ObjState, cb: str, ref) -> None:
         """KLP-SYM-001, KLP-SYM-002, KLP-ONCE-001, KLP-REV-001: pre_patch
@@ -141,36 +153,36 @@ class CallbackJudge:
         what pre_unpatch closes; each opens once and closes once."""
         if cb == PRE_PATCH:
             if obj.armed or obj.failed:
-                self._judge(out, ps, KLP_ONCE_001, f"second pre_patch of '{ps.name}'/{obj.name} "
-                            "in one cycle", obj.name,
-                            [r for r in (obj.ran.get(PRE_PATCH), ref) if r])
+                self.verdicts.judge(out, ps, KLP_ONCE_001, f"second pre_patch of "
+                                    f"'{ps.name}'/{obj.name} in one cycle", obj.name,
+                                    [r for r in (obj.ran.get(PRE_PATCH), ref) if r])
         elif cb == POST_PATCH:
             if obj.post_patched:
-                self._judge(out, ps, KLP_ONCE_001, f"second post_patch of '{ps.name}'/"
-                            f"{obj.name} before its pre_unpatch", obj.name,
-                            [r for r in (obj.ran.get(POST_PATCH), ref) if r])
+                self.verdicts.judge(out, ps, KLP_ONCE_001, f"second post_patch of '{ps.name}'/"
+                                    f"{obj.name} before its pre_unpatch", obj.name,
+                                    [r for r in (obj.ran.get(POST_PATCH), ref) if r])
         elif cb == PRE_UNPATCH:
             # after a cancel, KLP-NOSTART-001 judges it when the completion ends
             if not obj.post_patched and not ps.cancelled:
                 prev = obj.ran.get(PRE_UNPATCH)
                 name = f"'{ps.name}'/{obj.name}"
                 if ps.reversed_:
-                    self._judge(out, ps, KLP_REV_001, f"pre_unpatch of {name} after its "
-                                "patching transition was reversed", obj.name, [ref])
+                    self.verdicts.judge(out, ps, KLP_REV_001, f"pre_unpatch of {name} after its "
+                                        "patching transition was reversed", obj.name, [ref])
                 elif prev is not None:
-                    self._judge(out, ps, KLP_ONCE_001, f"second pre_unpatch of {name} in one "
-                                "cycle", obj.name, [prev, ref])
+                    self.verdicts.judge(out, ps, KLP_ONCE_001, f"second pre_unpatch of {name} "
+                                        "in one cycle", obj.name, [prev, ref])
                 else:
-                    self._judge(out, ps, KLP_SYM_002, f"pre_unpatch of {name} without its "
-                                "post_patch", obj.name, [ref])
+                    self.verdicts.judge(out, ps, KLP_SYM_002, f"pre_unpatch of {name} without its "
+                                        "post_patch", obj.name, [ref])
         elif not obj.armed:
             prev = obj.ran.get(POST_UNPATCH)
             if prev is not None:
-                self._judge(out, ps, KLP_ONCE_001, f"second post_unpatch of '{ps.name}'/"
-                            f"{obj.name} in one cycle", obj.name, [prev, ref])
+                self.verdicts.judge(out, ps, KLP_ONCE_001, f"second post_unpatch of '{ps.name}'/"
+                                    f"{obj.name} in one cycle", obj.name, [prev, ref])
             elif obj.registers(PRE_PATCH):
-                self._judge(out, ps, KLP_SYM_001, f"post_unpatch of '{ps.name}'/{obj.name} "
-                            "without a successful pre_patch", obj.name, [ref])
+                self.verdicts.judge(out, ps, KLP_SYM_001, f"post_unpatch of '{ps.name}'/{obj.name} "
+                                    "without a successful pre_patch", obj.name, [ref])
 
     # --- the step it runs in ----------------------------------------------------------
 
@@ -181,14 +193,14 @@ class CallbackJudge:
         the disable step, or its module's going (or a refused coming's
         unwinding) outside the transition; post_unpatch: the unpatching or
         cancel completion, or its module's section."""
-        mine = self.transition is ps
+        mine = self.state.transition is ps
         if cb == PRE_PATCH:
             if (mine and ps.phase is PATCHING_INIT) or \
                     (section is not None and section.event == "coming"):
                 return
             rule, what = KLP_ORD_001, "outside the patching of its object"
         elif cb == POST_PATCH:
-            c = self.open
+            c = self.state.open
             # after a cancel, KLP-NOSTART-001 judges it when the completion ends
             if ps.cancelled or (c is not None and c.module is None and c.patch is ps
                                 and c.target == "patched") or \
@@ -201,13 +213,13 @@ class CallbackJudge:
                 return
             rule, what = KLP_ORD_003, "outside the start of its unpatching"
         else:
-            c = self.open
+            c = self.state.open
             if section is not None or (c is not None and c.module is None and c.patch is ps
                                        and c.target == "unpatched"):
                 return
             rule, what = KLP_ORD_004, "before its unpatching completed"
-        self._judge(out, ps, rule, f"{cb} of '{ps.name}'/{obj.name} {what} (phase "
-                    f"{ps.phase.value}, no module section)", obj.name, [ref])
+        self.verdicts.judge(out, ps, rule, f"{cb} of '{ps.name}'/{obj.name} {what} (phase "
+                            f"{ps.phase.value}, no module section)", obj.name, [ref])
 
     def _apply(self, out: list, ps, obj: ObjState, cb: str, rec: dict, section, ref) -> None:
         """What the callback changes: post_unpatch_enabled (kernel), the
@@ -217,14 +229,16 @@ class CallbackJudge:
         if cb == PRE_PATCH:
             if coming:
                 if section.failed is not None:
-                    self._request_stopped(out, ps, obj.name, section.failed[1], ref,
-                                          f"pre_patch of '{ps.name}'/{obj.name} after an "
-                                          "earlier pre_patch of the same module load failed")
-            elif ps.failed_ref is not None and self.transition is ps and \
+                    self.obligations.request_stopped(
+                        out, ps, obj.name, section.failed[1], ref,
+                        f"pre_patch of '{ps.name}'/{obj.name} after an "
+                        "earlier pre_patch of the same module load failed")
+            elif ps.failed_ref is not None and self.state.transition is ps and \
                     ps.phase is PATCHING_INIT:
-                self._request_stopped(out, ps, obj.name, ps.failed_ref, ref,
-                                      f"pre_patch of '{ps.name}'/{obj.name} after an earlier "
-                                      "pre_patch of the same enable failed")
+                self.obligations.request_stopped(
+                    out, ps, obj.name, ps.failed_ref, ref,
+                    f"pre_patch of '{ps.name}'/{obj.name} after an earlier "
+                    "pre_patch of the same enable failed")
             ret = rec.get("ret")
             if ret is not None and ret != 0:
                 obj.failed, obj.armed = True, False

@@ -73,12 +73,16 @@ class Stats:
                 self.bump(mine, k, n)
 
 
-class Findings:
-    """Mixin of the Engine: turning a broken rule into a finding. Expects
-    ``self.stats`` and ``self._unknown_said``."""
+class Verdicts:
+    """Turning a broken rule into a finding, and counting it: the one place
+    that decides violation or unknown. Every judge reports through it."""
 
-    def _judge(self, out: list, ps, rule: str, message: str, obj: str | None,
-               refs: list) -> None:
+    def __init__(self, stats: Stats):
+        self.stats = stats
+        self._unknown_said: set = set()     # (patch, object, what) already said unknown
+
+    def judge(self, out: list, ps, rule: str, message: str, obj: str | None,
+              refs: list) -> None:
         """A broken rule is a violation unless what it needs is not known:
         lost records put every rule of the patch in doubt; a cycle that began
         before the trace, or a step taken while the object's module state was
@@ -94,14 +98,17 @@ class Findings:
                 if o is not None and o.unsure:
                     why = f"module '{obj}' state unknown"
         if why is not None:
-            self._unknown_once(out, ps.name, obj, rule, f"not judged ({why}): {message}",
-                               refs)
+            self.unknown_once(out, ps.name, obj, rule, f"not judged ({why}): {message}", refs)
             return
         pname = ps.name if ps is not None else None
         self.stats.bump(self.stats.violations, (rule, pname or ""))
         out.append(Finding(VIOLATION, message, rule, pname, obj, refs))
 
-    def _unknown_once(self, out: list, pname, obj, what, message: str, refs) -> None:
+    def reporter(self, out: list):
+        """``report(patch, rule, message, object, refs)`` into ``out``."""
+        return lambda *finding: self.judge(out, *finding)
+
+    def unknown_once(self, out: list, pname, obj, what, message: str, refs) -> None:
         key = (pname, obj, what)
         if key in self._unknown_said:
             return
@@ -110,10 +117,10 @@ class Findings:
         rule = what if what in RULES else None
         out.append(Finding(UNKNOWN, message, rule, pname, obj, list(refs)))
 
-    def _unknown(self, out: list, message: str, patch=None, refs=()) -> None:
+    def unknown(self, out: list, message: str, patch=None, refs=()) -> None:
         self.stats.unknown += 1
         out.append(Finding(UNKNOWN, message, None, patch, None, list(refs)))
 
-    def _warn(self, out: list, message: str, patch=None, obj=None, refs=()) -> None:
+    def warn(self, out: list, message: str, patch=None, obj=None, refs=()) -> None:
         self.stats.warnings += 1
         out.append(Finding(WARNING, message, None, patch, obj, list(refs)))

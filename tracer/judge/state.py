@@ -3,14 +3,24 @@ trace shows it (kernel/livepatch/core.c, transition.c).
 
 One ``PatchState`` per livepatch and one ``ObjState`` per (patch, object)
 mirror struct klp_patch and struct klp_object; one ``ModuleState`` per module
-says whether it is loaded. Nothing here judges: tracer/judge/callbacks.py and
-tracer/judge/steps.py read and change this state as records arrive.
+says whether it is loaded; ``EngineState`` holds them all, with the step that
+is open and what the engine cannot know. Nothing here judges: the judges
+(tracer/judge/callbacks.py, steps.py, sections.py) read and change this state
+as records arrive.
+
+The kernel's livepatch state as such (the transition in progress, its target
+and outcome) is tracer/model/livestate.py's, shared with the daemon's other
+sinks; this state is what judging needs on top of it: each object's history in
+its cycle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+
+from klptrace.tracer.model import events as ev
+from klptrace.tracer.model.livestate import LivepatchState
 
 NEVER = (-1, -1)   # a (seq, ts_ns) reference older than every record
 
@@ -114,5 +124,111 @@ class ModuleState:
     # kernel then never lets the module run (KLP-FAIL-002 if the trace shows
     # it loaded), and the objects keep what that section left in them
     refusal: tuple[int, int] | None = None
-    # the last coming section while its outcome is not settled (tracer/judge/steps.py)
+    # the last coming section while its outcome is not settled (tracer/judge/sections.py)
     load: object | None = None
+
+
+class EngineState:
+    """What the engine knows, shared by its judges. ``open`` is the step
+    under klp_mutex that the last pinned record opened and no record has
+    closed yet: a Completion (tracer/judge/steps.py) or a Section
+    (tracer/judge/sections.py); at most one is open, as klp_mutex allows."""
+
+    def __init__(self, header: dict, kstate: LivepatchState | None):
+        # the kernel's livepatch state (tracer/model/livestate.py): read here,
+        # applied after each record is judged, so that judging sees the state
+        # the record found; shared with the daemon's other sinks
+        self.kstate = kstate if kstate is not None else LivepatchState.from_state(
+            header.get("state"))
+        self.patches: dict[str, PatchState] = {}     # in klp_patches order
+        self.modules: dict[str, ModuleState] = {}
+        self.modules_known = False           # the header listed the loaded modules
+        self.open = None                     # the open Completion or Section
+        self.observes = frozenset(header.get("observes") or ev.CALLBACKS)
+        self.gap = False                     # records were lost somewhere before
+        self.last_ref = (0, 0)               # (seq, ts_ns) of the last record
+        self._load(header.get("state"))
+
+    def _load(self, state: dict | None) -> None:
+        """The writer's view at start. A patch already enabled has a cycle
+        that began before the trace: the rules that need its history are
+        `unknown` until that cycle ends; the others are judged."""
+        if not isinstance(state, dict):
+            return
+        mods = state.get("modules")
+        if isinstance(mods, list):
+            self.modules_known = True
+            for m in mods:
+                if isinstance(m, str):
+                    self.modules[m] = ModuleState(Presence.LOADED)
+        for p in state.get("patches") or []:
+            if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+                continue
+            ps = PatchState.from_objects(p["name"], p.get("objects") or [],
+                                         bool(p.get("replace")))
+            enabled = p.get("enabled", True)
+            if p.get("transition"):
+                ps.phase = Phase.PATCHING if enabled else Phase.UNPATCHING
+                ps.target = "patched" if enabled else "unpatched"
+            else:
+                # enabled = 0 and no transition: on its way out of sysfs, or
+                # an enable that has not reached its init yet
+                ps.phase = Phase.PATCHED if enabled else Phase.ANNOUNCED
+            ps.doubt = BEFORE_TRACE
+            for o in ps.objects.values():     # taken as patched where loaded
+                if self.presence(o.name) is not Presence.UNLOADED:
+                    o.armed = o.post_patched = True
+            self.patches[ps.name] = ps
+
+    @property
+    def transition(self) -> PatchState | None:
+        """klp_transition_patch, as the kernel state tracker knows it."""
+        t = self.kstate.transition
+        return self.patches.get(t.patch) if t is not None else None
+
+    # --- presence of modules ----------------------------------------------------
+
+    def module_state(self, mod: str) -> ModuleState:
+        ms = self.modules.get(mod)
+        if ms is None:
+            ms = self.modules[mod] = ModuleState(
+                Presence.UNLOADED if self.modules_known else Presence.UNKNOWN)
+        return ms
+
+    def presence(self, name: str) -> Presence:
+        if name == ev.VMLINUX:
+            return Presence.LOADED
+        s = self.open
+        if s is not None and s.module == name:
+            return Presence.LOADED      # its own section is running
+        ms = self.modules.get(name)
+        if ms is None:
+            return Presence.UNLOADED if self.modules_known else Presence.UNKNOWN
+        return ms.presence
+
+    def reaches(self, o: ObjState) -> bool:
+        """Whether a step that runs o's callbacks only when o is loaded
+        (klp_is_object_loaded) reaches o. When its module's state is not known
+        (after lost records) it is taken as reached and o's later history is
+        in doubt: judged `unknown`, never a violation."""
+        p = self.presence(o.name)
+        if p is Presence.UNKNOWN:
+            o.unsure = True
+            return True
+        return p is Presence.LOADED
+
+    def module_gone(self, ms: ModuleState, mod: str) -> None:
+        ms.presence, ms.refusal, ms.load = Presence.UNLOADED, None, None
+        self.reset_module_objects(mod)
+
+    def reset_module_objects(self, mod: str) -> None:
+        for ps in self.patches.values():
+            o = ps.objects.get(mod)
+            if o is not None:
+                o.reset()
+
+    def forget_modules(self) -> None:
+        """Records were lost: what modules did in the gap is unknown."""
+        self.open = None
+        self.modules = {}
+        self.modules_known = False

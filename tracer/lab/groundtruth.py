@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from klptrace.tracer.model.events import CALLBACKS
+from klptrace.tracer.model.events import CALLBACKS  # noqa: F401 (the lab reads it here)
 
 LINE_RE = re.compile(
     r"klpt: patch=(?P<patch>\S+) object=(?P<object>\S+) callback=(?P<callback>\S+)"

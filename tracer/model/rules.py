@@ -55,7 +55,8 @@ class Rule:
 
 
 CB = "tracer/judge/callbacks.py CallbackJudge."
-ST = "tracer/judge/steps.py Steps."
+OB = "tracer/judge/obligations.py Obligations."
+ST = "tracer/judge/steps.py StepJudge."
 NO_HISTORY = frozenset()
 
 _RULES = (
@@ -94,7 +95,7 @@ _RULES = (
          SPEC + "; kernel/livepatch/core.c (__klp_enable_patch, klp_module_coming); "
          "kernel/module/main.c (prepare_coming_module: klp_module_going is not called when "
          "klp_module_coming failed)",
-         where=ST + "_request_stopped", needs=NO_HISTORY),
+         where=OB + "request_stopped", needs=NO_HISTORY),
     Rule(KLP_REV_001,
          "A reversed patching transition runs no pre_unpatch.",
          "If a patch transition is reversed, no pre-unpatch handlers will be run",
@@ -135,7 +136,7 @@ _RULES = (
          "when a livepatch is enabled/disabled.",
          SPEC + "; kernel/livepatch/core.c (__klp_enable_patch, __klp_disable_patch, "
          "klp_module_coming, klp_cleanup_module_patches_limited), transition.c",
-         where=ST + "_owed"),
+         where=OB + "owed"),
     Rule(KLP_ORD_001,
          "pre_patch runs before its object is patched: after the patching transition's "
          "init and before its start, or while its module is coming.",
