@@ -6,18 +6,19 @@
  * Each program only takes a snapshot of what the kernel holds at that point
  * (struct klp_patch / klp_object: callback pointers, post_unpatch_enabled,
  * patched, obj->mod) and writes one struct klpt_event to the ring buffer.
- * All reasoning about which callbacks ran lives in Python (tracer/infer.py),
+ * All reasoning about which callbacks ran lives in Python (tracer/observe/infer.py),
  * where it can be tested and documented (docs/probes.md).
  *
  * Loaded with BPF(src_file=..., cflags=["-I<bpf dir>", -D...]) only. Every
  * function probed here runs only during livepatch operations (or, for
  * klp_module_coming/going, once per module load/unload).
  *
- * Kernel structs are read at byte offsets (KLPT_OFF_*) that tracer/btf.py
- * takes from the running kernel's BTF and passes as -D macros: including
- * <linux/module.h> and <linux/livepatch.h> for them was two thirds of the bcc
- * compile. A kernel without BTF is built with KLPT_USE_HEADERS, which takes
- * the same offsets from its headers.
+ * Kernel structs are read at byte offsets (KLPT_OFF_*) that
+ * tracer/observe/btf.py (WANTED, the one list) takes from the running
+ * kernel's BTF and passes as -D macros: including <linux/module.h> and
+ * <linux/livepatch.h> for them was two thirds of the bcc compile. A kernel
+ * without BTF is built with KLPT_USE_HEADERS and the same macros as
+ * offsetof() expressions over those headers.
  */
 #include <uapi/linux/ptrace.h>
 #include "klptrace.h"
@@ -26,23 +27,6 @@
 #include <linux/module.h>
 #include <linux/livepatch.h>
 #include <linux/sched.h>
-#define KLPT_OFF_PATCH_MOD        offsetof(struct klp_patch, mod)
-#define KLPT_OFF_PATCH_OBJ_LIST   offsetof(struct klp_patch, obj_list)
-#define KLPT_OFF_PATCH_REPLACE    offsetof(struct klp_patch, replace)
-#define KLPT_OFF_PATCH_KOBJ       offsetof(struct klp_patch, kobj)
-#define KLPT_OFF_OBJ_NAME         offsetof(struct klp_object, name)
-#define KLPT_OFF_OBJ_CALLBACKS    offsetof(struct klp_object, callbacks)
-#define KLPT_OFF_OBJ_KOBJ_PARENT  (offsetof(struct klp_object, kobj) + offsetof(struct kobject, parent))
-#define KLPT_OFF_OBJ_NODE         offsetof(struct klp_object, node)
-#define KLPT_OFF_OBJ_MOD          offsetof(struct klp_object, mod)
-#define KLPT_OFF_OBJ_DYNAMIC      offsetof(struct klp_object, dynamic)
-#define KLPT_OFF_OBJ_PATCHED      offsetof(struct klp_object, patched)
-#define KLPT_OFF_CB_PUE           offsetof(struct klp_callbacks, post_unpatch_enabled)
-#define KLPT_OFF_MOD_NAME         offsetof(struct module, name)
-#define KLPT_OFF_TASK_PID         offsetof(struct task_struct, pid)
-#define KLPT_OFF_TASK_TGID        offsetof(struct task_struct, tgid)
-#define KLPT_OFF_TASK_FLAGS       offsetof(struct task_struct, flags)
-#define KLPT_OFF_TASK_COMM        offsetof(struct task_struct, comm)
 #endif
 
 /* obj->callbacks.{pre_patch, post_patch, pre_unpatch, post_unpatch}: four
@@ -84,8 +68,12 @@ BPF_ARRAY(hits, u64, KLPT_HIT_SLOTS);           /* per-program hit counters (enu
 BPF_ARRAY(cur_patch, u64, 1);                   /* klp_transition_patch, seen at klp_init_transition */
 BPF_TABLE("lru_hash", u32, u32, task_ctx, KLPT_TASK_SLOTS);      /* tid -> enum klpt_ctx */
 BPF_TABLE("lru_hash", u32, u64, enable_arg, KLPT_TASK_SLOTS);    /* tid -> patch, for klp_enable_patch's return */
-BPF_TABLE("lru_hash", u32, u64, coming_arg, KLPT_TASK_SLOTS);    /* tid -> mod, for klp_module_coming/going's return */
-BPF_TABLE("lru_hash", u32, u64, section_mark, KLPT_TASK_SLOTS);  /* tid -> object hits at klp_module_coming/going's entry */
+/* tid -> the module section in flight: klp_module_coming/going's entry to its return */
+struct section {
+	u64 mod;        /* struct module * */
+	u64 mark;       /* object hits at the entry (module_return) */
+};
+BPF_TABLE("lru_hash", u32, struct section, module_section, KLPT_TASK_SLOTS);
 BPF_TABLE("lru_hash", u32, u64, patch_obj_arg, KLPT_TASK_SLOTS); /* tid -> obj, for klp_patch_object's return */
 /* tid -> obj / probed address, from a callback's entry to its return. Only an
  * entry probe whose return is probed too (pre_patch's) stores here: the other
@@ -136,12 +124,12 @@ static __always_inline u64 hits_of(int slot)
  * events with the default 64 pages; a livepatch operation writes tens) or at
  * the end of an operation: klp_enable_patch or klp_complete_transition
  * returning, or klp_module_coming / klp_module_going returning from work on
- * a patched object or a refusal (section_woke()). Not at every module load:
+ * a patched object or a refusal (module_return()). Not at every module load:
  * a livepatch module's own klp_module_coming comes right before its
  * klp_enable_patch, which a wake-up there would slow. So records still come
  * in kernel order, soon after the operation, and the daemon sleeps through it.
  * What no wake-up announces (a disable whose transition stays open) is read
- * on the daemon's clock (tracer/runloop.py: IDLE_S).
+ * on the daemon's clock (tracer/daemon/runloop.py: IDLE_S).
  */
 #define KLPT_WAKE_AT (KLPT_RING_PAGES * 4096 / (sizeof(struct klpt_event) + 8) / 4)
 
@@ -320,7 +308,7 @@ int do_snap_obj(struct pt_regs *ctx)
 
 /* ---- enable ------------------------------------------------------------- */
 
-int on_enable_patch(struct pt_regs *ctx, void *patch)
+int on_enable(struct pt_regs *ctx, void *patch)
 {
 	hit(KLPT_HIT_ENABLE);
 	u32 t = tid();
@@ -329,7 +317,7 @@ int on_enable_patch(struct pt_regs *ctx, void *patch)
 	return 0;
 }
 
-int on_enable_patch_ret(struct pt_regs *ctx)
+int on_enable_ret(struct pt_regs *ctx)
 {
 	hit(KLPT_HIT_ENABLE_RET);
 	u32 t = tid();
@@ -347,7 +335,7 @@ int on_enable_patch_ret(struct pt_regs *ctx)
 
 /* ---- transitions ---------------------------------------------------------- */
 
-int on_init_transition(struct pt_regs *ctx, void *patch, int state)
+int on_init(struct pt_regs *ctx, void *patch, int state)
 {
 	hit(KLPT_HIT_INIT);
 	int zero = 0;
@@ -356,16 +344,16 @@ int on_init_transition(struct pt_regs *ctx, void *patch, int state)
 	return jump(ctx, SNAP_PATCH, KLPT_INIT_TRANSITION, p, state, 0);
 }
 
-int on_start_transition(struct pt_regs *ctx)    { return snapshot_current(ctx, KLPT_START_TRANSITION, KLPT_HIT_START); }
-int on_complete_transition(struct pt_regs *ctx) { return snapshot_current(ctx, KLPT_COMPLETE, KLPT_HIT_COMPLETE); }
-int on_cancel_transition(struct pt_regs *ctx)   { return snapshot_current(ctx, KLPT_CANCEL, KLPT_HIT_CANCEL); }
-int on_reverse_transition(struct pt_regs *ctx)  { return snapshot_current(ctx, KLPT_REVERSE, KLPT_HIT_REVERSE); }
-int on_force_transition(struct pt_regs *ctx)    { return snapshot_current(ctx, KLPT_FORCE, KLPT_HIT_FORCE); }
+int on_start(struct pt_regs *ctx)    { return snapshot_current(ctx, KLPT_START_TRANSITION, KLPT_HIT_START); }
+int on_complete(struct pt_regs *ctx) { return snapshot_current(ctx, KLPT_COMPLETE, KLPT_HIT_COMPLETE); }
+int on_cancel(struct pt_regs *ctx)   { return snapshot_current(ctx, KLPT_CANCEL, KLPT_HIT_CANCEL); }
+int on_reverse(struct pt_regs *ctx)  { return snapshot_current(ctx, KLPT_REVERSE, KLPT_HIT_REVERSE); }
+int on_force(struct pt_regs *ctx)    { return snapshot_current(ctx, KLPT_FORCE, KLPT_HIT_FORCE); }
 
 /* klp_complete_transition returned: its post_patch / post_unpatch callbacks
- * are over (the end of the completion step in tracer/infer.py). No patch
+ * are over (the end of the completion step in tracer/observe/infer.py). No patch
  * name: klp_transition_patch is NULL by now and the patch may be freed. */
-int on_complete_transition_ret(struct pt_regs *ctx)
+int on_complete_ret(struct pt_regs *ctx)
 {
 	hit(KLPT_HIT_COMPLETE_RET);
 	struct klpt_event *e = new_event(KLPT_COMPLETE_RET);
@@ -425,26 +413,20 @@ static __always_inline u64 object_hits(void)
 	return hits_of(KLPT_HIT_PATCH_OBJECT) + hits_of(KLPT_HIT_UNPATCH_OBJECT);
 }
 
-/* Does this klp_module_coming/going return end livepatch work (then the
- * daemon is woken)? Yes if it failed (a refused module) or an object was
- * (un)patched since its entry, or if its entry's mark is gone (evicted: wake
- * rather than sit on it). Another thread's operation can move the counters
- * too (klp_mutex orders them, not this): a spare wake-up, never a missed one. */
-static __always_inline int section_woke(u32 t, int rc)
-{
-	u64 *m = section_mark.lookup(&t);
-	int woke = rc != 0 || !m || *m != object_hits();
-	section_mark.delete(&t);
-	return woke;
-}
-
-static __always_inline int module_event(u32 kind, int slot, u64 mod, u32 c)
+/* A module section: klp_module_coming or klp_module_going, from its entry
+ * (before it takes klp_mutex) to its return. The entry writes the
+ * `coming`/`going` event and marks the thread's context; the return tells
+ * userspace that the section is over, so a `going` record is placed even when
+ * no patch had an object for the module (tracer/observe/infer.py,
+ * _place_pending), and klp_module_coming's return value says whether the
+ * module was refused. */
+static __always_inline int module_entry(u32 kind, int slot, u64 mod, u32 c)
 {
 	hit(slot);
 	u32 t = tid();
-	u64 mark = object_hits();
+	struct section sec = {.mod = mod, .mark = object_hits()};
 	task_ctx.update(&t, &c);
-	section_mark.update(&t, &mark);
+	module_section.update(&t, &sec);
 	struct klpt_event *e = new_event(kind);
 	if (!e)
 		return 0;
@@ -453,60 +435,49 @@ static __always_inline int module_event(u32 kind, int slot, u64 mod, u32 c)
 	return 0;
 }
 
+/* Does this return end livepatch work (then the daemon is woken)? Yes if it
+ * failed (a refused module) or an object was (un)patched since its entry, or
+ * if its entry is gone (evicted: wake rather than sit on it). Another
+ * thread's operation can move the counters too (klp_mutex orders them, not
+ * this): a spare wake-up, never a missed one. */
+static __always_inline int module_return(u32 kind, int slot, int rc)
+{
+	hit(slot);
+	u32 t = tid();
+	struct section *sec = module_section.lookup(&t);
+	int woke = rc != 0 || !sec || sec->mark != object_hits();
+	struct klpt_event *e = new_event(kind);
+	if (e) {
+		e->arg = rc;
+		if (sec)
+			read_module_name(e->module, sec->mod);
+		submit(e, woke);
+	}
+	module_section.delete(&t);
+	task_ctx.delete(&t);
+	return 0;
+}
+
 int on_module_coming(struct pt_regs *ctx, void *mod)
 {
-	u32 t = tid();
-	u64 m = (u64)mod;
-	coming_arg.update(&t, &m);
-	return module_event(KLPT_MODULE_COMING, KLPT_HIT_MODULE_COMING, m, KLPT_CTX_COMING);
+	return module_entry(KLPT_MODULE_COMING, KLPT_HIT_MODULE_COMING, (u64)mod, KLPT_CTX_COMING);
 }
 
 int on_module_coming_ret(struct pt_regs *ctx)
 {
-	hit(KLPT_HIT_MODULE_COMING_RET);
-	u32 t = tid();
-	u64 *m = coming_arg.lookup(&t);
-	int rc = (int)PT_REGS_RC(ctx);
-	int woke = section_woke(t, rc);
-	struct klpt_event *e = new_event(KLPT_MODULE_COMING_RET);
-	if (e) {
-		e->arg = rc;
-		if (m)
-			read_module_name(e->module, *m);
-		submit(e, woke);
-	}
-	coming_arg.delete(&t);
-	task_ctx.delete(&t);
-	return 0;
+	return module_return(KLPT_MODULE_COMING_RET, KLPT_HIT_MODULE_COMING_RET,
+			     (int)PT_REGS_RC(ctx));
 }
 
 int on_module_going(struct pt_regs *ctx, void *mod)
 {
-	u32 t = tid();
-	u64 m = (u64)mod;
-	coming_arg.update(&t, &m);
-	return module_event(KLPT_MODULE_GOING, KLPT_HIT_MODULE_GOING, m, KLPT_CTX_GOING);
+	return module_entry(KLPT_MODULE_GOING, KLPT_HIT_MODULE_GOING, (u64)mod, KLPT_CTX_GOING);
 }
 
-/* The entry probes of klp_module_coming/going fire before they take
- * klp_mutex; the returns tell userspace that the section is over, so a
- * `going` record is placed even when no patch had an object for the module
- * (tracer/infer.py, _place_pending). */
+/* klp_module_going returns void: the section's end, no value */
 int on_module_going_ret(struct pt_regs *ctx)
 {
-	hit(KLPT_HIT_MODULE_GOING_RET);
-	u32 t = tid();
-	u64 *m = coming_arg.lookup(&t);
-	int woke = section_woke(t, 0);
-	struct klpt_event *e = new_event(KLPT_MODULE_GOING_RET);
-	if (e) {
-		if (m)
-			read_module_name(e->module, *m);
-		submit(e, woke);
-	}
-	coming_arg.delete(&t);
-	task_ctx.delete(&t);
-	return 0;
+	return module_return(KLPT_MODULE_GOING_RET, KLPT_HIT_MODULE_GOING_RET, 0);
 }
 
 /* ---- callbacks themselves --------------------------------------------------- */
@@ -518,10 +489,10 @@ static __always_inline int core_event(struct pt_regs *ctx, void *obj, int idx)
 	return jump(ctx, SNAP_OBJ, KLPT_CORE, (u64)obj, idx, 0);
 }
 
-int on_core_pre_patch(struct pt_regs *ctx, void *obj)    { return core_event(ctx, obj, 0); }
-int on_core_post_patch(struct pt_regs *ctx, void *obj)   { return core_event(ctx, obj, 1); }
-int on_core_pre_unpatch(struct pt_regs *ctx, void *obj)  { return core_event(ctx, obj, 2); }
-int on_core_post_unpatch(struct pt_regs *ctx, void *obj) { return core_event(ctx, obj, 3); }
+int on_core_pre_patch(struct pt_regs *ctx, void *obj)    { return core_event(ctx, obj, KLPT_CB_PRE_PATCH); }
+int on_core_post_patch(struct pt_regs *ctx, void *obj)   { return core_event(ctx, obj, KLPT_CB_POST_PATCH); }
+int on_core_pre_unpatch(struct pt_regs *ctx, void *obj)  { return core_event(ctx, obj, KLPT_CB_PRE_UNPATCH); }
+int on_core_post_unpatch(struct pt_regs *ctx, void *obj) { return core_event(ctx, obj, KLPT_CB_POST_UNPATCH); }
 
 /* direct: a kprobe on the livepatch module's callback function; its first
  * argument is the struct klp_object it runs for. on_direct_pre is the entry
@@ -569,7 +540,7 @@ int on_direct_ret(struct pt_regs *ctx)
  * is aggregated here, in `stall_tasks`, keyed by task pointer; nothing goes
  * to the ring buffer (a CPU-bound kthread can fail thousands of checks a
  * second). The daemon reads the tables after each sweep while a transition
- * is open (tracer/stalls.py). Every function probed here runs only while a
+ * is open (tracer/observe/stalls.py). Every function probed here runs only while a
  * transition is open: an idle host costs nothing.
  *
  * Generations: entries and sweep counters belong to one transition

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * klptrace.h - the one event layout shared by the BPF programs (bpf/klptrace.bpf.c)
- * and the Python loader (tracer/rawevents.py mirrors it with ctypes; a test
- * checks that the enums and sizes agree). Every BPF program writes one
+ * and the Python loader (tracer/observe/rawevents.py mirrors it with ctypes;
+ * tests/unit/test_event_layout.py compiles this header and checks every
+ * member's offset and size, every enum value and macro, against the mirror). Every BPF program writes one
  * struct klpt_event into the ring buffer; which fields mean something depends
  * on `kind`.
  */
@@ -91,7 +92,7 @@ struct klpt_event {
 };
 
 /* Indices of the per-program hit counters (BPF array `hits`), exported as
- * klptrace_probe_hits_total{program}; tracer/rawevents.py names them. */
+ * klptrace_probe_hits_total{program}; tracer/observe/rawevents.py names them. */
 enum klpt_hit {
 	KLPT_HIT_ENABLE, KLPT_HIT_ENABLE_RET, KLPT_HIT_INIT, KLPT_HIT_START,
 	KLPT_HIT_COMPLETE, KLPT_HIT_CANCEL, KLPT_HIT_REVERSE, KLPT_HIT_FORCE,
@@ -106,7 +107,7 @@ enum klpt_hit {
 };
 
 /* ---- stalls: tasks that keep a transition open (bpf/klptrace.bpf.c, section
- * "stalls"; tracer/stalls.py reads the tables on its poll tick) ---------------- */
+ * "stalls"; tracer/observe/stalls.py reads the tables on its poll tick) ---------------- */
 
 #define KLPT_COMM_LEN   16   /* TASK_COMM_LEN */
 #define KLPT_FUNC_LEN   128  /* func->old_name, cut at 127 bytes (KSYM_NAME_LEN was 128 before 6.1) */

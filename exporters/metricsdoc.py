@@ -15,6 +15,7 @@ from pathlib import Path
 
 from klptrace.tracer.judge.engine import Stats
 
+from . import labels
 from . import metrics as m
 from . import server
 
@@ -28,7 +29,7 @@ def _example_registry():
     s.callbacks[("p", "vmlinux", "pre_patch", "ok", "direct")] = 1
     s.violations[("KLP-SYM-001", "p")] = 1
     s.transitions[("p", "patched", "completed")] = 1
-    from klptrace.tracer.observe.stalls import StallState, Task
+    from klptrace.tracer.observe.stallstate import StallState, Task
     stall = StallState(patch="p", target="patched", opened_ns=0, blockers=(
         Task(1, 42, 42, "kworker/0:1", True, "sleeping_on_function", "f", 0),))
     dm = m.DaemonMetrics(lambda: s,
@@ -72,9 +73,9 @@ def render() -> str:
         "`klptrace_records`, `klptrace_unknown_findings` and `klptrace_warnings` families "
         "from the same collector, plus `klptrace_validate_*`.",
         "",
-        f"The `patch` label is capped: the first {m.DEFAULT_MAX_PATCHES} distinct patch names "
+        f"The `patch` label is capped: the first {labels.DEFAULT_MAX_PATCHES} distinct patch names "
         f"(configurable) keep their value for the life of the process, later ones are "
-        f"exported as `patch=\"{m.OVERFLOW}\"` and counted by "
+        f"exported as `patch=\"{labels.OVERFLOW}\"` and counted by "
         "`klptrace_exporter_overflowed_patches`.",
         "",
         "Also exported: prometheus_client's standard `process_*` and `python_*` families.",

@@ -1,6 +1,6 @@
 """The raw events the BPF programs would write for a run of the kernel model,
-and the daemon's pipeline they go through (tracer.infer.Inference into
-tracer.engine.Engine). The one place in the tests that knows the raw layout
+and the daemon's pipeline they go through (tracer/observe/infer.py.Inference into
+tracer/judge/engine.py.Engine). The one place in the tests that knows the raw layout
 (tracer/observe/rawevents.py) and what each probe snapshots when
 (bpf/klptrace.bpf.c, docs/probes.md): tests/kmodel.py calls ``Probes`` at
 each probe point with the kernel state there; nothing here claims a kernel
@@ -171,7 +171,7 @@ class Probes:
 
 
 class EveryCallbackProbed:
-    """tracer.infer's Coverage when every callback function is probed from
+    """tracer/observe/infer.py's Coverage when every callback function is probed from
     the start (``--preload`` of every livepatch)."""
 
     def __init__(self, probes: Probes):

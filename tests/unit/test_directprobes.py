@@ -1,4 +1,4 @@
-"""tracer.directprobes: which direct probes exist and count as live, with the
+"""tracer/observe/directprobes.py: which direct probes exist and count as live, with the
 tracefs side and the BPF attach replaced by recorders (the real ones run in
 the lab, tests/kernel/test_tracer.py). Issue 12: nothing keyed by a kernel
 address outlives the module that owned it, probes do not accumulate, and a

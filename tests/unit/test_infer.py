@@ -1,4 +1,4 @@
-"""tracer.infer: raw probe snapshots -> callback records, on sequences shaped
+"""tracer/observe/infer.py: raw probe snapshots -> callback records, on sequences shaped
 like the kernel's call order (kernel/livepatch/core.c, transition.c). The raw
 events are what the BPF programs would report; nothing here claims a kernel ran."""
 

@@ -1,4 +1,4 @@
-"""tracer.infer, issue 12: no silent cap, no freeze, an explicit gap.
+"""tracer/observe/infer.py, issue 12: no silent cap, no freeze, an explicit gap.
 
 Raw events here are shaped like the BPF programs' (bpf/klptrace.bpf.c) in the
 kernel's call order (kernel/livepatch/core.c, transition.c); nothing here

@@ -8,8 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from klptrace.exporters import metricsdoc
-from klptrace.exporters.metrics import (DEFAULT_MAX_PATCHES, OVERFLOW, DaemonMetrics, PatchLabels,
-                               StatsCollector, plan_probes)
+from klptrace.exporters.collectors import plan_probes
+from klptrace.exporters.labels import DEFAULT_MAX_PATCHES, OVERFLOW, PatchLabels
+from klptrace.exporters.metrics import DaemonMetrics, StatsCollector
 from klptrace.tracer.judge.engine import OUTCOMES, Stats
 from klptrace.tracer.model.rules import RULES
 

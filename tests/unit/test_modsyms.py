@@ -1,4 +1,4 @@
-"""tracer.modsyms on ELF files built to the layouts of the three producers
+"""tracer/observe/modsyms.py on ELF files built to the layouts of the three producers
 (tests/elfbuild.py): a static struct klp_object (include/linux/livepatch.h),
 kpatch-build's .kpatch.callbacks.* sections (kmod/patch/kpatch-macros.h) and
 klp-build's struct klp_object_ext records (include/linux/livepatch_external.h).

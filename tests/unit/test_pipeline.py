@@ -1,6 +1,6 @@
 """Property tests through the daemon's real pipeline: the kernel model
 (tests/kmodel.py) drives the raw events the BPF programs would write
-(tests/kraw.py) through tracer.infer.Inference into the Engine, as
+(tests/kraw.py) through tracer/observe/infer.py.Inference into the Engine, as
 `klptrace run` does. The verdict must equal the verdict on the model's own
 record stream; where a writer may put the free records must not change it;
 and a one-rule mutation of the raw stream must still be caught.

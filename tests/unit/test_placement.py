@@ -4,7 +4,7 @@ down: every record the kernel's order leaves free (docs/trace-format.md,
 verdict stays the same. Each case names the kernel function whose order it
 follows (kernel/livepatch/core.c, transition.c; kernel/module/main.c).
 
-Also here: each rule is judged in exactly one place (tracer.rules ``where``)."""
+Also here: each rule is judged in exactly one place (tracer/model/rules.py ``where``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""tracer.probeplan without a kernel: what it attaches, in which order, and
+"""tracer/observe/probeplan.py without a kernel: what it attaches, in which order, and
 where (the kernel's facts are given; the lab runs the real plan)."""
 
 from klptrace.tracer.observe import probeplan as pp

@@ -1,11 +1,11 @@
-"""tracer.runloop: what ends the daemon's wait (a real epoll, a real signal),
+"""tracer/daemon/runloop.py: what ends the daemon's wait (a real epoll, a real signal),
 and how long it may sleep when nothing does."""
 
 import os
 import signal
 import time
 
-from klptrace.exporters.metrics import WAKE_REASONS
+from klptrace.exporters.collectors import WAKE_REASONS
 from klptrace.tracer.daemon import runloop
 from klptrace.tracer.daemon.runloop import Wake
 

@@ -1,4 +1,4 @@
-"""tracer.stalls without a kernel: the BPF tables are a fake with the
+"""tracer/observe/stalls.py without a kernel: the BPF tables are a fake with the
 semantics of bpf/klptrace.bpf.c ("stalls"): an entry per task whose check
 failed, a sweep state per transition direction. What must hold: a healthy
 transition writes nothing, a real blocker is named with its reason and
@@ -14,6 +14,7 @@ from klptrace.tracer.model import events as ev
 from klptrace.tracer.observe import rawevents as rw
 from klptrace.tracer.model.livestate import LivepatchState
 from klptrace.tracer.observe import stalls as st
+from klptrace.tracer.observe import stallstate as ss
 
 S = 1_000_000_000
 EBUSY, EINVAL = -16, -22
@@ -386,13 +387,13 @@ def test_procstall_unpatching_looks_for_the_livepatch_module(tmp_path):
                                         (-rw.EADDRINUSE, "sleeping_on_function"), (-5, "error")])
 def test_reasons_from_the_kernels_return_codes(ret, reason):
     b = rw.Blocker(1, 1, 1, "x", False, ret, rw.STALL_FROM_CHECK, "", 0, 0, 1, 1, 0, 0)
-    assert st.reason_of(b).value == reason
+    assert ss.reason_of(b).value == reason
     b.source = rw.STALL_FROM_SWITCH
-    assert st.reason_of(b) is st.Reason.NOT_SWITCHED
+    assert ss.reason_of(b) is ss.Reason.NOT_SWITCHED
 
 
 def test_reason_names_are_the_trace_formats():
-    assert st.REASONS == ev.STALL_REASONS
+    assert ss.REASONS == ev.STALL_REASONS
 
 
 # --- in the daemon: through the inference's queue, into the trace, the status file

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from klptrace.tracer import exitcodes as xc
 from klptrace.tracer.observe import procstall
 from klptrace.tracer.daemon import statusfile
-from klptrace.tracer.observe.stalls import StallState, Task
+from klptrace.tracer.observe.stallstate import StallState, Task
 from klptrace.tracer.commands.status import status
 
 from test_stalls import STACK, fake_host

@@ -1,4 +1,4 @@
-"""Generate docs/rules.md from the rule catalogue (tracer.rules), so the
+"""Generate docs/rules.md from the rule catalogue (tracer/model/rules.py), so the
 document cannot drift from the code: `make docs` writes it, a test compares.
 (docs/metrics.md is generated the same way by exporters.metricsdoc.)"""
 

@@ -37,7 +37,7 @@ def _preflight() -> None:
     if not os.path.isdir(f"/lib/modules/{rel}/build") and not os.path.exists("/sys/kernel/kheaders.tar.xz"):
         _fail(xc.NO_HEADERS, f"no kernel headers for {rel} (/lib/modules/{rel}/build missing); "
               f"apt-get install linux-headers-{rel}")
-    from klptrace.tracer.observe.probeplan import tracefs_dir
+    from klptrace.tracer.observe.kfacts import tracefs_dir
     if tracefs_dir() is None:
         os.system("mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null")
 

@@ -12,7 +12,8 @@ from klptrace.tracer.judge.engine import Engine
 from klptrace.tracer.model.livestate import LivepatchState
 from klptrace.tracer.observe.infer import Inference
 from klptrace.tracer.observe.loader import OnDemandProbes
-from klptrace.tracer.observe.stalls import StallSource, StallTracker
+from klptrace.tracer.observe.stallstate import StallSource
+from klptrace.tracer.observe.stalls import StallTracker
 
 
 def build(header: dict, *, plan, loader, coverage, writer, metrics, status_path: str,

@@ -104,7 +104,8 @@ class Daemon:
         if o.listen is None:
             return None
         from klptrace.exporters import server as mserver
-        from klptrace.exporters.metrics import DaemonMetrics, plan_probes
+        from klptrace.exporters.collectors import plan_probes
+        from klptrace.exporters.metrics import DaemonMetrics
         kw = {} if o.metrics_max_patches is None else {"max_patches": o.metrics_max_patches}
         judge = lambda: self.pipe.sink(JudgeSink) if self.pipe else None   # noqa: E731
         self.metrics = DaemonMetrics(lambda: judge().engine.stats if judge() else None,

@@ -40,7 +40,7 @@ class Stage(str, enum.Enum):
     """Where on the event path an error was caught (the `stage` label of
     klptrace_handler_errors_total)."""
     DECODE = "decode"       # a ring-buffer event into rawevents.Raw
-    INFER = "infer"         # tracer.infer: raw events into records
+    INFER = "infer"         # tracer/observe/infer.py: raw events into records
     WRITE = "write"         # the trace writer
     JUDGE = "judge"         # the rule engine
     TICK = "tick"           # the run loop's own work (losses, hold deadlines)

@@ -1,6 +1,6 @@
 """Judging one callback record against the state: is its patch enabled, is
 its object's module loaded, does it answer its counterpart, does it run in
-its step. Each rule is judged in one method here (tracer.rules ``where``);
+its step. Each rule is judged in one method here (tracer/model/rules.py ``where``);
 what a step owes when it closes is tracer/judge/obligations.py's.
 
 This is the validator's hot path (docs/benchmarks.md): about half the

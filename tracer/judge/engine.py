@@ -1,5 +1,5 @@
 """The rule engine: judges a stream of trace records against the rules in
-tracer.rules.
+tracer/model/rules.py.
 
 It runs the same way online (the daemon's JudgeSink feeds each record as the
 BPF probes produce it) and offline (``klptrace validate`` feeds a file):
@@ -9,7 +9,7 @@ never with the length of the trace.
 
 The model is the kernel's own (kernel/livepatch/core.c, transition.c). The
 engine is a composition of judges over one state, each rule judged in one
-of them (tracer.rules ``where``):
+of them (tracer/model/rules.py ``where``):
 
 * tracer/judge/state.py: EngineState, per patch (an enum phase), per (patch,
   object) and per module, mirroring struct klp_patch and struct klp_object,

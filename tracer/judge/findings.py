@@ -4,7 +4,7 @@ Three verdicts: ``violation`` (the trace shows what the specification
 forbids), ``unknown`` (the engine cannot judge: lost records, a cycle that
 began before the trace, a module whose load state is not known; never a
 violation) and ``warning``. Whether a broken rule is a violation or unknown
-is decided here only, from what the rule needs (tracer.rules ``needs``) and
+is decided here only, from what the rule needs (tracer/model/rules.py ``needs``) and
 what the engine does not know.
 """
 

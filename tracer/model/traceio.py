@@ -1,7 +1,7 @@
 """Reading trace files (format v1) as a stream: `.jsonl`, `.jsonl.gz`, `-`.
 
 ``read_trace(path)`` yields the header first, then each record, checked by
-tracer.events. Anything that makes the file unusable raises TraceInputError
+tracer/model/events.py. Anything that makes the file unusable raises TraceInputError
 with the file and line, so the CLI can print one clear line. A final line cut
 short (a writer that died mid-write) is not an error: it is reported through
 ``on_warning`` and the stream ends there.

@@ -6,7 +6,9 @@ Why: bcc compiles bpf/klptrace.bpf.c at every start, and including
 of the compile (docs/benchmarks.md, start-up). BTF describes the kernel as it
 was built (whatever its configuration moved), so the offsets passed to the
 compiler as -D macros are the running kernel's own. A kernel without BTF
-gets the header-based build instead (bpf/klptrace.bpf.c, KLPT_USE_HEADERS).
+gets the header-based build instead (bpf/klptrace.bpf.c, KLPT_USE_HEADERS),
+with the same macros as offsetof() expressions (``header_expressions``):
+WANTED is the one list of the offsets the programs read.
 
 A small reader of the BTF format (include/uapi/linux/btf.h): a header, the
 type section, the string section. Only the structs named in WANTED are
@@ -96,6 +98,19 @@ def _structs(data: bytes, names: set[str]) -> dict[str, dict[str, int]]:
                         members[name(m_name)] = bits // 8
                 out[raw.decode()] = members
         pos += 12 + extra(vlen)
+    return out
+
+
+def header_expressions() -> dict[str, str]:
+    """The same KLPT_OFF_* macros as C offsetof() expressions, for the build
+    that includes the kernel's headers (no BTF): one table, two sources."""
+    out = {}
+    for macro, (sname, path_) in WANTED.items():
+        terms, cur = [], sname
+        for member in path_.split("."):
+            terms.append(f"offsetof(struct {cur}, {member})")
+            cur = _NESTED.get((cur, member), "")
+        out[macro] = "(" + " + ".join(terms) + ")"
     return out
 
 

@@ -39,7 +39,7 @@ from typing import Callable
 
 from klptrace.tracer.observe import rawevents as rw
 from klptrace.tracer.observe.modsyms import CALLBACKS, Preload
-from klptrace.tracer.observe.probeplan import tracefs_dir
+from klptrace.tracer.observe.kfacts import tracefs_dir
 
 GROUP = "klptrace"
 

@@ -1,5 +1,10 @@
 """From raw probe events (tracer/observe/rawevents.py) to trace format v1 records.
 
+(over 450 lines: one state machine. Its handlers share the open step, its
+slots and the pending module records, and each keeps the invariants stated
+below; split across modules, an invariant would live apart from the code
+that keeps it. A tenth of it is this explanation.)
+
 This is where klptrace decides which callbacks ran, and how it knows:
 
 * ``direct``: a probe on the livepatch module's callback function fired.

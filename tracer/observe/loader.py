@@ -44,7 +44,9 @@ def struct_cflags(btf_path: str | None = None) -> tuple[list[str], str]:
     try:
         offs = btf.offsets(btf_path or btf.BTF_PATH)
     except (OSError, btf.BtfError) as e:
-        return ["-DKLPT_USE_HEADERS"], f"kernel headers (no usable BTF: {e})"
+        return (["-DKLPT_USE_HEADERS"] + [f"-D{k}={v}" for k, v in
+                                          sorted(btf.header_expressions().items())],
+                f"kernel headers (no usable BTF: {e})")
     return [f"-D{k}={v}" for k, v in sorted(offs.items())], "BTF"
 
 

@@ -30,8 +30,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from klptrace.tracer.model import events as ev
 from klptrace.tracer.observe import kerneltext
-from klptrace.tracer.observe.stalls import StallSource
+from klptrace.tracer.observe.kfacts import kernel_facts, part_clone
+from klptrace.tracer.observe.stallstate import StallSource
 
 # Why fentry is not attached even where the kernel could: bcc binds an fentry
 # program to its function when the C is compiled, so each fallback attempt
@@ -43,9 +45,8 @@ FENTRY_NOTE = ("fentry not used: bcc binds fentry programs at compile time "
 
 @dataclass(frozen=True)
 class Point:
-    name: str           # what we observe
+    name: str           # what we observe: the one name of the point (see prog, hit)
     func: str           # kernel function
-    prog: str           # BPF program in bpf/klptrace.bpf.c
     ret: bool = False   # kretprobe
     required: bool = True
     gives: str = ""     # what the point contributes to the evidence
@@ -67,66 +68,75 @@ class Point:
     # runs them
     on_demand: bool = False
 
+    @property
+    def prog(self) -> str:
+        """Its BPF program in bpf/klptrace.bpf.c: on_<name>."""
+        return "on_" + self.name.replace("-", "_")
+
+    @property
+    def hit(self) -> str:
+        """Its hit counter (bpf/klptrace.h enum klpt_hit, the `program` label
+        of klptrace_probe_hits_total): the name, except that the four core
+        points share one."""
+        return "core" if self.name.startswith("core-") else self.name.replace("-", "_")
+
 
 _CHECK = ("stall-check", "stall-check-ret")
 STALL_POINTS = (
-    Point("stall-check", "klp_check_and_switch_task", "on_stall_check", required=False,
+    Point("stall-check", "klp_check_and_switch_task", required=False,
           on_demand=True, gives="stalls: the task each failed check names (5.16+)"),
-    Point("stall-check-ret", "klp_check_and_switch_task", "on_stall_check_ret", ret=True,
+    Point("stall-check-ret", "klp_check_and_switch_task", ret=True,
           required=False, rc=True, on_demand=True,
           gives="stalls: why a task has not switched (running, unreliable stack, the function)"),
-    Point("stall-switch", "klp_try_switch_task", "on_stall_switch", required=False,
+    Point("stall-switch", "klp_try_switch_task", required=False,
           fallback_for=_CHECK, on_demand=True, gives="stalls, fallback: the task (no reason)"),
-    Point("stall-switch-ret", "klp_try_switch_task", "on_stall_switch_ret", ret=True,
+    Point("stall-switch-ret", "klp_try_switch_task", ret=True,
           required=False, fallback_for=_CHECK, rc=True, on_demand=True,
           gives="stalls, fallback: whether the task switched (no reason, no function)"),
-    Point("stall-sweep", "klp_try_complete_transition", "on_stall_sweep", required=False,
+    Point("stall-sweep", "klp_try_complete_transition", required=False,
           gives="stalls: sweeps (which tasks still block; the 15th-sweep signals)"),
-    Point("stall-sweep-ret", "klp_try_complete_transition", "on_stall_sweep_ret", ret=True,
+    Point("stall-sweep-ret", "klp_try_complete_transition", ret=True,
           required=False, gives="stalls: a sweep's end, and whether it left tasks behind"),
 )
 
 POINTS = (
-    Point("enable", "klp_enable_patch", "on_enable_patch",
-          gives="patch being enabled (for its return)"),
-    Point("enable-ret", "klp_enable_patch", "on_enable_patch_ret", ret=True, rc=True,
+    Point("enable", "klp_enable_patch", gives="patch being enabled (for its return)"),
+    Point("enable-ret", "klp_enable_patch", ret=True, rc=True,
           gives="enable_failed and the ret of a failing pre_patch (inferred)"),
-    Point("init", "klp_init_transition", "on_init_transition",
+    Point("init", "klp_init_transition",
           gives="patch enable/disable, objects and registered callbacks, transition init"),
-    Point("patch-object", "klp_patch_object", "on_patch_object",
+    Point("patch-object", "klp_patch_object",
           gives="pre_patch ran and returned 0 (post_unpatch_enabled set): inferred pre_patch"),
-    Point("patch-object-ret", "klp_patch_object", "on_patch_object_ret", ret=True, rc=True,
+    Point("patch-object-ret", "klp_patch_object", ret=True, rc=True,
           gives="post_patch of a module coming while its patch is not in transition"),
-    Point("start", "klp_start_transition", "on_start_transition", part_clone=True,
+    Point("start", "klp_start_transition", part_clone=True,
           gives="transition start; pre_unpatch of patched objects when disabling"),
-    Point("complete", "klp_complete_transition", "on_complete_transition",
+    Point("complete", "klp_complete_transition",
           gives="transition complete; post_patch / post_unpatch (post_unpatch_enabled); replaced"),
-    Point("complete-ret", "klp_complete_transition", "on_complete_transition_ret", ret=True,
+    Point("complete-ret", "klp_complete_transition", ret=True,
           required=False,
           gives="end of the completion's callbacks (else: the next event of that thread)"),
-    Point("cancel", "klp_cancel_transition", "on_cancel_transition",
+    Point("cancel", "klp_cancel_transition",
           gives="transition cancel; which object's pre_patch failed"),
-    Point("reverse", "klp_reverse_transition", "on_reverse_transition",
+    Point("reverse", "klp_reverse_transition",
           gives="transition reverse (no pre_unpatch follows)"),
-    Point("force", "klp_force_transition", "on_force_transition", required=False,
+    Point("force", "klp_force_transition", required=False,
           gives="transition force"),
-    Point("module-coming", "klp_module_coming", "on_module_coming",
-          gives="module coming"),
-    Point("module-coming-ret", "klp_module_coming", "on_module_coming_ret", ret=True, rc=True,
+    Point("module-coming", "klp_module_coming", gives="module coming"),
+    Point("module-coming-ret", "klp_module_coming", ret=True, rc=True,
           gives="module refused; ret of a pre_patch that failed for a loading module"),
-    Point("module-going", "klp_module_going", "on_module_going",
-          gives="module going"),
-    Point("module-going-ret", "klp_module_going", "on_module_going_ret", ret=True,
+    Point("module-going", "klp_module_going", gives="module going"),
+    Point("module-going-ret", "klp_module_going", ret=True,
           gives="end of a module-going cleanup"),
-    Point("unpatch-object", "klp_unpatch_object", "on_unpatch_object",
+    Point("unpatch-object", "klp_unpatch_object",
           gives="pre_unpatch / post_unpatch of a module going or a refused load"),
-    Point("core-pre-patch", "klp_pre_patch_callback", "on_core_pre_patch", required=False,
+    Point("core-pre-patch", "klp_pre_patch_callback", required=False,
           gives="core evidence for pre_patch"),
-    Point("core-post-patch", "klp_post_patch_callback", "on_core_post_patch", required=False,
+    Point("core-post-patch", "klp_post_patch_callback", required=False,
           gives="core evidence for post_patch"),
-    Point("core-pre-unpatch", "klp_pre_unpatch_callback", "on_core_pre_unpatch", required=False,
+    Point("core-pre-unpatch", "klp_pre_unpatch_callback", required=False,
           gives="core evidence for pre_unpatch"),
-    Point("core-post-unpatch", "klp_post_unpatch_callback", "on_core_post_unpatch", required=False,
+    Point("core-post-unpatch", "klp_post_unpatch_callback", required=False,
           gives="core evidence for post_unpatch"),
     # Stalls (bpf/klptrace.bpf.c "stalls", tracer/observe/stalls.py): which tasks keep a
     # transition open and why. Optional: without them the trace has no `stall`
@@ -134,8 +144,8 @@ POINTS = (
     *STALL_POINTS,
 )
 
-CORE_INDEX = {"core-pre-patch": 0, "core-post-patch": 1, "core-pre-unpatch": 2,
-              "core-post-unpatch": 3}
+# core-<callback> -> the callback's index in struct klp_callbacks (KLPT_CB_*)
+CORE_INDEX = {"core-" + cb.replace("_", "-"): i for i, cb in enumerate(ev.CALLBACKS)}
 
 
 @dataclass
@@ -216,74 +226,6 @@ class Plan:
             else:
                 out[cb] = "partial: " + ", ".join(p for p in pts if not self.attached(p)) + " missing"
         return out
-
-
-# --- what the kernel says ---------------------------------------------------
-
-def tracefs_dir() -> str | None:
-    for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        if os.path.exists(os.path.join(d, "kprobe_events")):
-            return d
-    return None
-
-
-def read_kallsyms_text(funcs: set[str]) -> set[str]:
-    """The text symbols named in ``funcs``, and their ``.part.N`` clones."""
-    found = set()
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in "tT":
-                    name = parts[2]
-                    if name in funcs or (".part." in name and name.split(".", 1)[0] in funcs):
-                        found.add(name)
-    except OSError:
-        pass
-    return found
-
-
-def part_clone(func: str, kallsyms: set[str]) -> str | None:
-    clones = sorted(n for n in kallsyms if n.startswith(func + ".part."))
-    return clones[0] if clones else None
-
-
-def read_filter_functions(funcs: set[str]) -> set[str]:
-    d = tracefs_dir()
-    found = set()
-    if d is None:
-        return found
-    try:
-        with open(os.path.join(d, "available_filter_functions")) as f:
-            for line in f:
-                name = line.split(" ", 1)[0].strip()
-                if name in funcs:
-                    found.add(name)
-    except OSError:
-        pass
-    return found
-
-
-def read_blacklist(funcs: set[str]) -> set[str]:
-    found = set()
-    for p in ("/sys/kernel/debug/kprobes/blacklist",):
-        try:
-            with open(p) as f:
-                for line in f:
-                    parts = line.split()
-                    if parts and parts[-1] in funcs:
-                        found.add(parts[-1])
-        except OSError:
-            pass
-    return found
-
-
-def kernel_facts(funcs: set[str]) -> tuple[set[str], set[str], set[str], bool]:
-    """The text symbols (of funcs and of the return trampolines), the
-    ftrace-able and the blacklisted functions among funcs, and BTF."""
-    return (read_kallsyms_text(funcs | set(kerneltext.TRAMPOLINES)),
-            read_filter_functions(funcs), read_blacklist(funcs),
-            os.path.exists("/sys/kernel/btf/vmlinux"))
 
 
 class ExitProbes(Protocol):

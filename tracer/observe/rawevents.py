@@ -3,7 +3,7 @@
 A ctypes mirror of ``struct klpt_event`` and its decoding into plain
 dataclasses. No bcc here, so the inference (tracer/observe/infer.py) and its unit
 tests can build raw events without a kernel. Keep in step with klptrace.h
-(tests/unit/test_rawevents.py parses the header and compares).
+(tests/unit/test_event_layout.py compiles the header and compares member by member).
 """
 
 from __future__ import annotations

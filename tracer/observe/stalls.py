@@ -17,10 +17,10 @@ Sources (tracer/observe/probeplan.py ``Plan.stall_source``):
 
 Invariants:
 
-* Nothing is read outside a transition: the daemon calls ``tick`` with the
-  inference's transition patch, and the tables are read only while it is
-  set, after each sweep the kernel completes (about once a second) or every
-  ``READ_EVERY_NS`` at the latest.
+* Nothing is read outside a transition: the tables are read only while the
+  kernel state tracker has one open, after each sweep the kernel completes
+  (about once a second) or every ``READ_EVERY_NS`` at the latest, at the
+  daemon's ``tick``.
 * A task is a *blocker* once its checks failed in three sweep windows
   (``MIN_WINDOWS``): the kernel retried it twice, about two seconds. Tasks
   that are merely on a CPU at a sweep (idle tasks, the enabling process, a
@@ -68,17 +68,17 @@ Invariants:
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
-
-import dataclasses
 
 from klptrace.tracer.model import events as ev
 from klptrace.tracer.model.livestate import LivepatchState, Transition
 from klptrace.tracer.observe import procstall, sysfs
 from klptrace.tracer.observe import rawevents as rw
+from klptrace.tracer.observe.stallstate import (Reason, StallSource, StallState, Task,
+                                                reason_of)
 
 MIN_WINDOWS = 3
 MAX_LISTED = 64
@@ -90,84 +90,6 @@ READ_EVERY_NS = 1_000_000_000        # at the latest, when no sweep completed (a
 SWEEPS_STOPPED_NS = 5_000_000_000
 PROC_SCAN_AFTER_NS = 2_000_000_000   # the proc source: first scan once open this long
 PROC_SCAN_EVERY_NS = 5_000_000_000   # ... then every 5 s (O(threads) file reads)
-STATE_BLOCKERS = 256                 # blockers the status file lists (the rest counted)
-
-
-class StallSource(str, enum.Enum):
-    """Where the stall view comes from (tracer/observe/probeplan.py
-    ``Plan.stall_source``; the status file's and the trace header's `stalls`)."""
-    CHECK = "check"     # klp_check_and_switch_task's return: task, reason, function (5.16+)
-    SWITCH = "switch"   # klp_try_switch_task's return: which tasks, no reason
-    PROC = "proc"       # no stall probe: /proc/*/task/*/patch_state, scanned
-
-
-class Reason(str, enum.Enum):
-    """Why a task has not switched (the `reason` field and label)."""
-    RUNNING = "running"                          # -EBUSY: on a CPU at the check
-    UNRELIABLE_STACK = "unreliable_stack"        # -EINVAL: its stack cannot be walked reliably
-    SLEEPING_ON_FUNCTION = "sleeping_on_function"  # -EADDRINUSE: a patched function on its stack
-    NOT_SWITCHED = "not_switched"                # the kernel's reason is not known (fallbacks)
-    ERROR = "error"                              # another return code
-
-
-REASONS = tuple(r.value for r in Reason)
-_ERRNO = {-16: Reason.RUNNING, -22: Reason.UNRELIABLE_STACK,
-          -rw.EADDRINUSE: Reason.SLEEPING_ON_FUNCTION}
-
-
-def reason_of(b: rw.Blocker) -> Reason:
-    if b.source == rw.STALL_FROM_SWITCH:
-        return Reason.NOT_SWITCHED
-    return _ERRNO.get(b.ret, Reason.ERROR)
-
-
-@dataclass(frozen=True)
-class Task:
-    """One blocker as reported."""
-    key: int                    # task pointer (BPF) or thread id (proc)
-    pid: int                    # thread id; 0 for an idle task
-    tgid: int
-    comm: str
-    kthread: bool
-    reason: str
-    function: str | None
-    since_ns: int               # its first failed check (proc: first seen)
-    checks: int = 0             # failed checks (BPF sources)
-
-    def to_json(self) -> dict:
-        d = {"pid": self.pid, "tgid": self.tgid, "comm": self.comm, "kthread": self.kthread,
-             "reason": self.reason, "since_ns": self.since_ns, "checks": self.checks}
-        if self.function:
-            d["function"] = self.function
-        return d
-
-
-@dataclass(frozen=True)
-class StallState:
-    """The open transition and its blockers, as of the last poll."""
-    patch: str | None = None            # None: no transition open
-    target: str | None = None
-    opened_ns: int | None = None        # its `start` (the daemon's, if it began before)
-    before_daemon: bool = False         # it was open when the daemon started
-    source: StallSource = StallSource.PROC
-    sweeps: int = 0                     # sweeps of this direction (BPF sources)
-    signals: int = 0                    # times the kernel signalled the remaining tasks
-    forced: bool = False
-    reversed: bool = False
-    blockers: tuple[Task, ...] = ()     # every blocker known, oldest first
-    as_of_ns: int = 0                   # when this state was taken (CLOCK_MONOTONIC)
-    # cumulative, for the life of the daemon
-    untracked_checks: int = 0           # failed checks the BPF table had no room for
-    records_suppressed: int = 0         # task records the bound kept out of the trace
-    probes_armed: bool = False          # the per-task check probes are armed now
-
-    def to_json(self, limit: int = STATE_BLOCKERS) -> dict:
-        return {"patch": self.patch, "target": self.target, "opened_ns": self.opened_ns,
-                "source": self.source, "sweeps": self.sweeps, "signals": self.signals,
-                "forced": self.forced, "reversed": self.reversed, "as_of_ns": self.as_of_ns,
-                "before_daemon": self.before_daemon,
-                "blockers": [t.to_json() for t in self.blockers[:limit]],
-                "blockers_total": len(self.blockers)}
 
 
 class StallTable(Protocol):
