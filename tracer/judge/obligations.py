@@ -26,8 +26,10 @@ class Obligations:
         ``since`` and have not run it since. Not owed: a callback the object
         does not register (or whose registration is not known), one the
         writer cannot observe, an object the step does not reach, or one whose
-        history is in doubt."""
-        if ps.doubt is not None or cb not in self.state.observes:
+        history was in doubt when the step began (also if a free record has
+        ended that cycle since)."""
+        if ps.doubt is not None or cb not in self.state.observes or (
+                ps.doubt_ended is not None and since <= ps.doubt_ended):
             return []
         miss = []
         for o in objs:

@@ -95,6 +95,10 @@ class PatchState:
     phase: Phase = Phase.ANNOUNCED
     target: str | None = None             # target of the open transition, if any
     doubt: str | None = None              # why this patch's history cannot be judged
+    # the record that ended a cycle in doubt: a step that began before it
+    # (still open when a free record such as `removed` ended the cycle) owes
+    # this patch nothing that can be judged
+    doubt_ended: tuple[int, int] | None = None
     reversed_: bool = False               # this cycle's patching transition was reversed
     cancelled: bool = False               # patching cancelled before start
     init_ref: tuple[int, int] | None = None      # `init` of the open transition

@@ -225,6 +225,7 @@ class StepJudge:
         if ps.doubt is not None:
             self.verdicts.unknown(out, f"cycle of '{ps.name}' ended; it was not judged because "
                                   f"{ps.doubt}", ps.name, [self.state.last_ref])
+            ps.doubt_ended = self.state.last_ref
         ps.phase, ps.target, ps.doubt = GONE, None, None
         for o in ps.objects.values():
             o.reset()
