@@ -58,13 +58,14 @@ bench: setup
 	$(PY) -m tests.bench.bench_validate
 	$(PY) -m tests.bench.bench_lab
 
-# The long stress and fault suite (issue 7): 5000 fuzz examples of `klptrace validate`,
+# The long stress and fault suite (issue 7): 5000 fuzz examples of `klptrace validate`
+# (new random examples each run; `make test` runs a fixed set: tests/conftest.py),
 # 20000 random losses in legal lifecycles, then 200 storm cycles, the kill -9/restart
 # faults and the undersized ring buffer in the lab VM. The short suite is in `make test`.
 stress: setup
-	KLPT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/unit/test_fuzz_validate.py
-	KLPT_LOSS_EXAMPLES=20000 $(PY) -m pytest -q tests/unit/test_properties.py -k lost
-	KLPT_PROPERTY_EXAMPLES=3000 $(PY) -m pytest -q tests/unit/test_properties.py tests/unit/test_pipeline.py -k "not lost"
+	KLPT_HYPOTHESIS=explore KLPT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/unit/test_fuzz_validate.py
+	KLPT_HYPOTHESIS=explore KLPT_LOSS_EXAMPLES=20000 $(PY) -m pytest -q tests/unit/test_properties.py -k lost
+	KLPT_HYPOTHESIS=explore KLPT_PROPERTY_EXAMPLES=3000 $(PY) -m pytest -q tests/unit/test_properties.py tests/unit/test_pipeline.py -k "not lost"
 	KLPT_STRESS_CYCLES=200 KLPT_STRESS_FULL=1 $(PY) -m pytest -q tests/stress
 
 docs: setup
